@@ -1,0 +1,1 @@
+"""Numba kernels. Self-contained: nothing here imports the rest of cikabm."""

@@ -1,0 +1,790 @@
+"""The Numba tumour-CIK lattice kernel.
+
+Everything compiled lives in this one module on purpose: Numba's on-disk
+cache is invalidated per source file, so a kernel split over several files can
+silently run a stale callee after an edit.
+
+Conventions
+-----------
+* Lattices are flat, padded arrays (see :mod:`cikabm.kernels.geometry`).
+* Every random decision is a counter-based draw: ``draw(key, agent)`` where
+  ``key = stream_key(seed, patient, clock, purpose)``. Nothing depends on
+  which thread evaluates it, so results are bit-identical for any thread count.
+* Probabilities arrive as 32-bit integer thresholds (``threshold(p)``); an
+  event happens when the top 32 bits of its draw are below the threshold.
+* Kernels take every parameter as an argument and write into preallocated
+  arrays. Nothing here reads configuration at import.
+
+Step order (one call of :func:`run_steps` repeats it)
+-----------------------------------------------------
+1. Supply: Poisson arrivals of infused CIK cells and endogenous CTLs.
+2. Tumour propose: each live cell draws death or division; a dividing cell
+   picks an empty neighbour and writes only its own direction byte.
+3. Tumour resolve: each proposal checks the other proposals on its target in
+   a fixed order; the target's own draw picks the winner, which writes the
+   daughter. Dead cells are cleared here.
+4. Effectors, in ``n_sub`` motility sub-steps: death (first sub-step), kill
+   completion, granule regeneration, recognition and engagement, movement.
+   Effectors are bucketed by (z mod 3, y mod 3, x mod 3); members of one
+   bucket are at least 3 sites apart, so their radius-1 neighbourhoods never
+   overlap and a bucket is processed in parallel without locks.
+5. IFN-gamma: engaged effectors secrete into the coarse field, which then
+   diffuses and decays in explicit sub-steps.
+6. Dead effectors are removed (stable compaction) and, on record steps, the
+   populations are counted into the record table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+# ---------------------------------------------------------------- constants
+EMPTY = 0
+LIVE = 1
+DYING = 2
+WALL = 3
+
+KIND_TNK = 0  # CD3+CD56+
+KIND_TCELL = 1  # CD3+CD56-
+KIND_NK = 2  # CD3-CD56+
+KIND_CTL = 3  # endogenous CTL, not infused
+N_KINDS = 4
+
+MECH_PERFORIN = 0
+MECH_FAS = 1
+N_MECHS = 2
+
+EVENT_NONE = 0
+EVENT_DIED = 1
+EVENT_KILL = 2  # + 2 * mechanism + mhc_lost
+
+# Random-stream purposes: one per kind of decision, so draws never collide.
+P_TUMOUR_EVENT = 1
+P_DIVISION_WINNER = 2
+P_INHERIT = 3
+P_CLEAR = 4
+P_EFF_DEATH = 5
+P_EFF_COMPLETE = 6
+P_EFF_REGEN = 7
+P_EFF_SCAN = 8
+P_EFF_ENGAGE = 9
+P_EFF_MOVE = 10
+P_EFF_TURN = 11
+P_ARRIVAL = 12
+P_SEED = 13
+P_SHUFFLE = 14
+P_POISSON = 15
+P_ARRIVAL_KIND = 16
+
+MAX_SUBSTEPS = 16
+N_CLASSES = 27
+
+# Record table columns (the host names them; order fixed here).
+REC_TUMOUR_MHC_PRESENT = 0
+REC_TUMOUR_MHC_LOST = 1
+REC_TUMOUR_DYING = 2
+REC_EFFECTORS = 3  # + kind
+REC_ENGAGED = 7
+REC_EXHAUSTED = 8
+REC_IFN_MEAN = 9
+REC_KILLS = 10  # + (mechanism * N_KINDS + kind) * 2 + mhc_lost
+REC_ARRIVALS = 26  # + kind
+REC_DROPPED = 30
+N_REC = 31
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN2 = np.uint64(0xD1B54A32D192ED03)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S27 = np.uint64(27)
+_S30 = np.uint64(30)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_S11 = np.uint64(11)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+# ---------------------------------------------------------------- state
+class LatticeState(NamedTuple):
+    """Per-site arrays (flat, padded). 7 bytes per site."""
+
+    cell: np.ndarray  # uint8: EMPTY, LIVE, DYING, WALL
+    ligand: np.ndarray  # uint8: NKG2D-ligand density L * 255
+    mhc: np.ndarray  # uint8: heritable MHC-I level M * 255
+    fas: np.ndarray  # uint8: heritable Fas level F * 255
+    mhc_lost: np.ndarray  # uint8: 1 after irreversible genetic MHC loss
+    proposal: np.ndarray  # uint8: division direction (0 none), scratch
+    has_effector: np.ndarray  # uint8: 1 where an effector stands
+
+
+class EffectorState(NamedTuple):
+    """Effector agents as a struct of arrays, with room for ``capacity``."""
+
+    pos: np.ndarray  # int64 flat padded site
+    kind: np.ndarray  # uint8
+    granules: np.ndarray  # uint8 perforin/granzyme granules left
+    kills: np.ndarray  # uint8 kills made
+    target: np.ndarray  # int64 engaged site, -1 when free
+    mechanism: np.ndarray  # uint8 mechanism of the current engagement
+    heading: np.ndarray  # uint8 neighbour index of the persistent walk
+    uid: np.ndarray  # int64 unique id, keys the effector's random draws
+    born: np.ndarray  # int64 step of arrival (age = step - born)
+    alive: np.ndarray  # uint8
+    event: np.ndarray  # uint8 scratch: what happened this sub-step
+    klass: np.ndarray  # int64 scratch: colour class
+    order: np.ndarray  # int64 scratch: effectors sorted by class
+
+
+class KernelParams(NamedTuple):
+    """Per-step probabilities and dimensionless numbers (see ``cikabm.params``)."""
+
+    thr_tumour_death: np.uint64
+    thr_tumour_event: np.uint64  # death + division, competing
+    thr_clear: np.uint64
+    thr_mhc_loss: np.uint64
+    inherit_sd: float
+    nkg2d_half: float
+    nkg2d_hill: float
+    nkg2d_rate: np.ndarray  # float64[kind], per hour
+    missing_self: np.ndarray  # float64[kind]
+    tcr_rate: np.ndarray  # float64[kind], per hour
+    fasl: np.ndarray  # uint8[kind]
+    thr_eff_death: np.ndarray  # uint64[kind], per step
+    thr_move: np.ndarray  # uint64[kind], per sub-step
+    thr_persist: np.uint64
+    thr_perforin_done: np.uint64  # per sub-step
+    thr_fas_done: np.uint64  # per sub-step
+    thr_regen: np.uint64  # per sub-step
+    fas_threshold: float
+    granules_max: int
+    kill_capacity: int
+    dt_sub_hours: float
+    n_sub: int
+    ifn_secretion: float  # field units per engaged effector per sub-step
+    ifn_half_effect: float
+    ifn_decay: float  # factor per field sub-step
+    ifn_alpha: float  # D dt / dx^2 per field sub-step
+    n_field_sub: int
+    well_mixed: bool
+    product_cum: np.ndarray  # float64[3] cumulative CIK subset shares
+    granules_initial: int
+
+
+# ---------------------------------------------------------------- RNG
+@njit(cache=True, inline="always")
+def mix64(z):
+    """splitmix64 finaliser: a bijective avalanche of 64 bits."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True)
+def stream_key(seed, patient, clock, purpose):
+    """Key of one family of draws: (seed, patient, clock, purpose)."""
+    h = mix64(np.uint64(seed) ^ (np.uint64(purpose) * _GOLDEN))
+    h = mix64(h ^ (np.uint64(patient) * _GOLDEN2))
+    return mix64(h ^ np.uint64(clock))
+
+
+@njit(cache=True, inline="always")
+def draw(key, agent):
+    """64 random bits for one agent under one key."""
+    return mix64(key ^ (np.uint64(agent) * _GOLDEN))
+
+
+@njit(cache=True, inline="always")
+def hit(bits, thr):
+    """True with the probability that ``thr`` encodes (top 32 bits)."""
+    return (bits >> _S32) < thr
+
+
+@njit(cache=True, inline="always")
+def pick(bits, n):
+    """Uniform integer in [0, n) from the low 32 bits."""
+    return np.int64(((bits & _LOW32) * np.uint64(n)) >> _S32)
+
+
+@njit(cache=True, inline="always")
+def uniform(bits):
+    """Uniform float in (0, 1)."""
+    return ((bits >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def normal(key, agent):
+    """Standard normal draw (Box-Muller) from two counter-based uniforms."""
+    u1 = uniform(draw(key, 2 * agent))
+    u2 = uniform(draw(key, 2 * agent + 1))
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@njit(cache=True)
+def poisson(key, mean):
+    """Poisson draw: inversion for small means, normal approximation above 30."""
+    if mean <= 0.0:
+        return 0
+    if mean > 30.0:
+        k = np.int64(np.floor(mean + np.sqrt(mean) * normal(key, 0) + 0.5))
+        return max(k, 0)
+    limit = np.exp(-mean)
+    prod = 1.0
+    k = 0
+    while True:
+        prod *= uniform(draw(key, k + 1000))
+        if prod <= limit:
+            return k
+        k += 1
+
+
+@njit(cache=True)
+def hazard_to_probability(rate, dt):
+    """Per-step probability of an event with constant ``rate`` over ``dt``.
+
+    The one place rates become probabilities: ``p = 1 - exp(-rate * dt)``.
+    """
+    return -np.expm1(-rate * dt)
+
+
+@njit(cache=True)
+def threshold(p):
+    """32-bit integer threshold for probability ``p`` (see :func:`hit`)."""
+    if p <= 0.0:
+        return np.uint64(0)
+    if p >= 1.0:
+        return np.uint64(1) << _S32
+    return np.uint64(p * 4294967296.0)
+
+
+@njit(cache=True, parallel=True)
+def hash_sites(key, sites, out):
+    """``out[i] = draw(key, sites[i])``: used to pick random site subsets."""
+    for i in prange(sites.shape[0]):
+        out[i] = draw(key, sites[i])
+
+
+# ---------------------------------------------------------------- helpers
+@njit(cache=True, inline="always")
+def _to_level(x):
+    if x < 0.0:
+        x = 0.0
+    elif x > 1.0:
+        x = 1.0
+    return np.uint8(np.int64(x * 255.0 + 0.5))
+
+
+@njit(cache=True)
+def seed_tumour(lat, sites, seed, patient, ligand_mean, ligand_sd, mhc_mean, mhc_sd,
+                fas_mean, fas_sd, lost_fraction):
+    """Place live tumour cells on ``sites`` with drawn L, M, F and MHC-loss flag."""
+    key = stream_key(seed, patient, 0, P_SEED)
+    for i in range(sites.shape[0]):
+        s = sites[i]
+        lat.cell[s] = LIVE
+        lat.ligand[s] = _to_level(ligand_mean + ligand_sd * normal(key, 4 * s))
+        lat.mhc[s] = _to_level(mhc_mean + mhc_sd * normal(key, 4 * s + 1))
+        lat.fas[s] = _to_level(fas_mean + fas_sd * normal(key, 4 * s + 2))
+        lost = uniform(draw(key, 8 * s + 7)) < lost_fraction
+        lat.mhc_lost[s] = 1 if lost else 0
+
+
+@njit(cache=True, inline="always")
+def _site_zyx(s, py, px):
+    plane = py * px
+    z = s // plane
+    rem = s - z * plane
+    y = rem // px
+    return z, y, rem - y * px
+
+
+@njit(cache=True, inline="always")
+def _coarse_index(s, geom):
+    z, y, x = _site_zyx(s, geom.py, geom.px)
+    c = geom.coarsening
+    return (((z - geom.z0) // c) * geom.cy + (y - 1) // c) * geom.cx + (x - 1) // c
+
+
+@njit(cache=True)
+def random_interior_site(bits, geom):
+    """Uniform interior site (flat padded index) from 64 random bits."""
+    n = geom.nz * geom.ny * geom.nx
+    i = pick(bits, n)
+    z = i // (geom.ny * geom.nx)
+    rem = i - z * geom.ny * geom.nx
+    y = rem // geom.nx
+    x = rem - y * geom.nx
+    return ((z + geom.z0) * geom.py + (y + 1)) * geom.px + (x + 1)
+
+
+# ---------------------------------------------------------------- tumour
+@njit(cache=True, parallel=True)
+def tumour_propose(lat, geom, key_event, thr_death, thr_event):
+    """Phase 1: death, and division proposals into empty neighbours."""
+    cell = lat.cell
+    proposal = lat.proposal
+    offsets = geom.offsets
+    nnb = geom.n_neighbours
+    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
+    for r in prange(geom.nz * ny):
+        z = r // ny + z0
+        y = r - (r // ny) * ny + 1
+        base = (z * py + y) * px
+        for x in range(1, nx + 1):
+            s = base + x
+            proposal[s] = 0
+            if cell[s] != LIVE:
+                continue
+            bits = draw(key_event, s)
+            u = bits >> _S32
+            if u >= thr_event:
+                continue
+            if u < thr_death:
+                cell[s] = DYING
+                continue
+            n_empty = 0
+            for k in range(1, nnb + 1):
+                if cell[s + offsets[k]] == EMPTY:
+                    n_empty += 1
+            if n_empty == 0:
+                continue  # contact inhibition
+            chosen = pick(bits, n_empty)
+            for k in range(1, nnb + 1):
+                if cell[s + offsets[k]] == EMPTY:
+                    if chosen == 0:
+                        proposal[s] = k
+                        break
+                    chosen -= 1
+
+
+@njit(cache=True, parallel=True)
+def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear,
+                   thr_mhc_loss, inherit_sd):
+    """Phase 2: one winner per target writes the daughter; clear dead cells."""
+    cell = lat.cell
+    proposal = lat.proposal
+    offsets = geom.offsets
+    nnb = geom.n_neighbours
+    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
+    for r in prange(geom.nz * ny):
+        z = r // ny + z0
+        y = r - (r // ny) * ny + 1
+        base = (z * py + y) * px
+        for x in range(1, nx + 1):
+            s = base + x
+            if cell[s] == DYING:
+                if hit(draw(key_clear, s), thr_clear):
+                    cell[s] = EMPTY
+                continue
+            d = proposal[s]
+            if d == 0:
+                continue
+            t = s + offsets[d]
+            n_prop = 0
+            rank = 0
+            for k in range(1, nnb + 1):
+                n = t + offsets[k]
+                dn = proposal[n]
+                if dn != 0 and n + offsets[dn] == t:
+                    if n == s:
+                        rank = n_prop
+                    n_prop += 1
+            if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
+                continue
+            cell[t] = LIVE
+            a = 4 * t
+            lat.ligand[t] = _to_level(lat.ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
+            lat.mhc[t] = _to_level(lat.mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
+            lat.fas[t] = _to_level(lat.fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
+            if lat.mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
+                lat.mhc_lost[t] = 1
+            else:
+                lat.mhc_lost[t] = 0
+
+
+# ---------------------------------------------------------------- effectors
+@njit(cache=True)
+def recognition_rate(kind, ligand, mhc_eff, prm):
+    """Engagement hazard (per hour) of an effector of ``kind`` on one target.
+
+    ``nkg2d * h(L) * (1 - w * M) + tcr * M``: NKG2D recognition is
+    MHC-independent, the missing-self weight ``w`` makes MHC loss raise NK
+    killing, and the TCR term is MHC-restricted.
+    """
+    ln = ligand ** prm.nkg2d_hill
+    h = ln / (ln + prm.nkg2d_half ** prm.nkg2d_hill) if ln > 0.0 else 0.0
+    return (prm.nkg2d_rate[kind] * h * (1.0 - prm.missing_self[kind] * mhc_eff)
+            + prm.tcr_rate[kind] * mhc_eff)
+
+
+@njit(cache=True, inline="always")
+def _ifn_response(ifn, half):
+    return ifn / (ifn + half) if ifn > 0.0 else 0.0
+
+
+@njit(cache=True)
+def _update_effector(i, lat, eff, geom, prm, ifn, first_sub, keys):
+    """One sub-step of effector ``i``: death, kill, regenerate, engage, move."""
+    cell = lat.cell
+    pos = eff.pos[i]
+    kind = eff.kind[i]
+    uid = eff.uid[i]
+    eff.event[i] = EVENT_NONE
+    if first_sub and hit(draw(keys[0], uid), prm.thr_eff_death[kind]):
+        eff.alive[i] = 0
+        eff.event[i] = EVENT_DIED
+        lat.has_effector[pos] = 0
+        eff.target[i] = -1
+        return
+    t = eff.target[i]
+    if t >= 0:
+        if cell[t] != LIVE:
+            eff.target[i] = -1  # target died another way: free again
+        else:
+            mech = eff.mechanism[i]
+            thr = prm.thr_perforin_done if mech == MECH_PERFORIN else prm.thr_fas_done
+            if hit(draw(keys[1], uid), thr):
+                cell[t] = DYING
+                eff.event[i] = EVENT_KILL + 2 * mech + lat.mhc_lost[t]
+                eff.kills[i] += 1
+                if mech == MECH_PERFORIN:
+                    eff.granules[i] -= 1
+                eff.target[i] = -1
+            return  # engaged effectors do not move
+    if eff.granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
+        eff.granules[i] += 1
+    if eff.kills[i] < prm.kill_capacity:
+        g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
+        nc = geom.n_neighbours + 1
+        start = pick(draw(keys[3], uid), nc)
+        for j in range(nc):
+            k = start + j
+            if k >= nc:
+                k -= nc
+            n = pos + geom.offsets[k]
+            if cell[n] != LIVE:
+                continue
+            if eff.granules[i] > 0:
+                mech = MECH_PERFORIN
+            elif prm.fasl[kind] != 0:
+                f = lat.fas[n] / 255.0
+                if f + (1.0 - f) * g < prm.fas_threshold:
+                    continue
+                mech = MECH_FAS
+            else:
+                break  # no granules and no FasL: cannot kill anyone now
+            if lat.mhc_lost[n] == 1:
+                m = 0.0  # genetic loss: IFN-gamma cannot restore MHC
+            else:
+                m = lat.mhc[n] / 255.0
+                m += (1.0 - m) * g
+            rate = recognition_rate(kind, lat.ligand[n] / 255.0, m, prm)
+            if rate <= 0.0:
+                continue
+            p = hazard_to_probability(rate, prm.dt_sub_hours)
+            if uniform(draw(keys[4], uid * 32 + k)) < p:
+                eff.target[i] = n
+                eff.mechanism[i] = mech
+                return
+    if prm.well_mixed:
+        return
+    bits = draw(keys[5], uid)
+    if not hit(bits, prm.thr_move[kind]):
+        return
+    heading = eff.heading[i]
+    if heading == 0 or (bits & _LOW32) >= prm.thr_persist:
+        heading = 1 + pick(draw(keys[6], uid), geom.n_neighbours)
+    dest = pos + geom.offsets[heading]
+    if cell[dest] != WALL and lat.has_effector[dest] == 0:
+        lat.has_effector[pos] = 0
+        lat.has_effector[dest] = 1
+        eff.pos[i] = dest
+        eff.heading[i] = heading
+    else:
+        eff.heading[i] = 0  # blocked: turn at the next move
+
+
+@njit(cache=True, parallel=True)
+def _update_class_parallel(members, lat, eff, geom, prm, ifn, first_sub, keys):
+    for j in prange(members.shape[0]):
+        _update_effector(members[j], lat, eff, geom, prm, ifn, first_sub, keys)
+
+
+@njit(cache=True)
+def _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys):
+    for j in range(members.shape[0]):
+        _update_effector(members[j], lat, eff, geom, prm, ifn, first_sub, keys)
+
+
+@njit(cache=True)
+def _sort_by_class(eff, n_eff, geom, class_start):
+    """Counting sort of live effectors into the 27 colour classes."""
+    class_start[:] = 0
+    for i in range(n_eff):
+        z, y, x = _site_zyx(eff.pos[i], geom.py, geom.px)
+        c = (z % 3) * 9 + (y % 3) * 3 + (x % 3)
+        eff.klass[i] = c
+        class_start[c + 1] += 1
+    for c in range(N_CLASSES):
+        class_start[c + 1] += class_start[c]
+    fill = class_start[:N_CLASSES].copy()
+    for i in range(n_eff):
+        c = eff.klass[i]
+        eff.order[fill[c]] = i
+        fill[c] += 1
+
+
+@njit(cache=True)
+def _shuffle_effectors(lat, eff, n_eff, geom, key):
+    """Well-mixed mode: put every free effector on a random free site."""
+    for i in range(n_eff):
+        if eff.target[i] >= 0:
+            continue
+        for attempt in range(64):
+            s = random_interior_site(draw(key, eff.uid[i] * 64 + attempt), geom)
+            if lat.has_effector[s] == 0:
+                lat.has_effector[eff.pos[i]] = 0
+                lat.has_effector[s] = 1
+                eff.pos[i] = s
+                break
+
+
+@njit(cache=True)
+def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
+                      class_start, parallel_min):
+    """All motility sub-steps of one step (step order item 4 and secretion)."""
+    keys = np.empty(7, dtype=np.uint64)
+    for sub in range(prm.n_sub):
+        n_eff = counters[0]
+        if n_eff == 0:
+            return
+        clock = step * MAX_SUBSTEPS + sub
+        keys[0] = stream_key(seed, patient, clock, P_EFF_DEATH)
+        keys[1] = stream_key(seed, patient, clock, P_EFF_COMPLETE)
+        keys[2] = stream_key(seed, patient, clock, P_EFF_REGEN)
+        keys[3] = stream_key(seed, patient, clock, P_EFF_SCAN)
+        keys[4] = stream_key(seed, patient, clock, P_EFF_ENGAGE)
+        keys[5] = stream_key(seed, patient, clock, P_EFF_MOVE)
+        keys[6] = stream_key(seed, patient, clock, P_EFF_TURN)
+        if prm.well_mixed:
+            _shuffle_effectors(lat, eff, n_eff, geom, stream_key(seed, patient, clock, P_SHUFFLE))
+        _sort_by_class(eff, n_eff, geom, class_start)
+        first_sub = sub == 0
+        for c in range(N_CLASSES):
+            lo = class_start[c]
+            hi = class_start[c + 1]
+            if hi == lo:
+                continue
+            members = eff.order[lo:hi]
+            if hi - lo >= parallel_min:
+                _update_class_parallel(members, lat, eff, geom, prm, ifn, first_sub, keys)
+            else:
+                _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys)
+        # Serial tally: kills by (mechanism, kind, MHC state), and secretion.
+        for i in range(n_eff):
+            ev = eff.event[i]
+            if ev >= EVENT_KILL:
+                code = ev - EVENT_KILL
+                mech = code // 2
+                lost = code - 2 * mech
+                kills[(mech * N_KINDS + eff.kind[i]) * 2 + lost] += 1
+            if eff.alive[i] == 1 and eff.target[i] >= 0:
+                ifn[_coarse_index(eff.pos[i], geom)] += prm.ifn_secretion
+
+
+@njit(cache=True)
+def compact_effectors(eff, counters):
+    """Drop dead effectors, keeping the order of the survivors."""
+    n_eff = counters[0]
+    w = 0
+    for i in range(n_eff):
+        if eff.alive[i] == 0:
+            continue
+        if w != i:
+            eff.pos[w] = eff.pos[i]
+            eff.kind[w] = eff.kind[i]
+            eff.granules[w] = eff.granules[i]
+            eff.kills[w] = eff.kills[i]
+            eff.target[w] = eff.target[i]
+            eff.mechanism[w] = eff.mechanism[i]
+            eff.heading[w] = eff.heading[i]
+            eff.uid[w] = eff.uid[i]
+            eff.born[w] = eff.born[i]
+            eff.alive[w] = 1
+        w += 1
+    counters[0] = w
+
+
+@njit(cache=True)
+def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries):
+    """Place one arriving effector on a random free site; False if none found."""
+    n_eff = counters[0]
+    if n_eff >= eff.pos.shape[0]:
+        counters[2] += 1
+        return False
+    uid = counters[1]
+    counters[1] += 1
+    for attempt in range(tries):
+        s = random_interior_site(draw(bits_key, uid * 64 + attempt), geom)
+        if lat.has_effector[s] == 0:
+            lat.has_effector[s] = 1
+            eff.pos[n_eff] = s
+            eff.kind[n_eff] = kind
+            eff.granules[n_eff] = granules
+            eff.kills[n_eff] = 0
+            eff.target[n_eff] = -1
+            eff.mechanism[n_eff] = 0
+            eff.heading[n_eff] = 0
+            eff.uid[n_eff] = uid
+            eff.born[n_eff] = step
+            eff.alive[n_eff] = 1
+            counters[0] = n_eff + 1
+            return True
+    counters[2] += 1
+    return False
+
+
+@njit(cache=True)
+def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_cik, mean_ctl):
+    """Poisson arrivals of CIK (split by product shares) and endogenous CTLs."""
+    key = stream_key(seed, patient, step, P_ARRIVAL)
+    key_kind = stream_key(seed, patient, step, P_ARRIVAL_KIND)
+    n_cik = poisson(stream_key(seed, patient, 2 * step, P_POISSON), mean_cik)
+    n_ctl = poisson(stream_key(seed, patient, 2 * step + 1, P_POISSON), mean_ctl)
+    for a in range(n_cik + n_ctl):
+        if a < n_cik:
+            u = uniform(draw(key_kind, counters[1]))
+            kind = KIND_NK
+            for k in range(3):
+                if u < prm.product_cum[k]:
+                    kind = k
+                    break
+        else:
+            kind = KIND_CTL
+        if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32):
+            arrivals[kind] += 1
+
+
+# ---------------------------------------------------------------- IFN field
+@njit(cache=True, parallel=True)
+def _diffuse(src, dst, cz, cy, cx, alpha, decay):
+    """One explicit diffusion-decay sub-step with zero-flux borders."""
+    for r in prange(cz * cy):
+        z = r // cy
+        y = r - z * cy
+        for x in range(cx):
+            i = (z * cy + y) * cx + x
+            c = src[i]
+            acc = 0.0
+            nb = 0
+            if x > 0:
+                acc += src[i - 1]
+                nb += 1
+            if x < cx - 1:
+                acc += src[i + 1]
+                nb += 1
+            if y > 0:
+                acc += src[i - cx]
+                nb += 1
+            if y < cy - 1:
+                acc += src[i + cx]
+                nb += 1
+            if z > 0:
+                acc += src[i - cx * cy]
+                nb += 1
+            if z < cz - 1:
+                acc += src[i + cx * cy]
+                nb += 1
+            dst[i] = (c + alpha * (acc - nb * c)) * decay
+
+
+@njit(cache=True)
+def field_step(ifn, ifn_tmp, geom, prm):
+    """Diffuse and decay the IFN-gamma field over one step."""
+    for _ in range(prm.n_field_sub):
+        _diffuse(ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+        ifn[:] = ifn_tmp
+
+
+# ---------------------------------------------------------------- records
+@njit(cache=True, parallel=True)
+def _count_rows(lat, geom, row_counts):
+    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
+    for r in prange(geom.nz * ny):
+        z = r // ny + z0
+        y = r - (r // ny) * ny + 1
+        base = (z * py + y) * px
+        present = 0
+        lost = 0
+        dying = 0
+        for x in range(1, nx + 1):
+            s = base + x
+            c = lat.cell[s]
+            if c == LIVE:
+                if lat.mhc_lost[s] == 1:
+                    lost += 1
+                else:
+                    present += 1
+            elif c == DYING:
+                dying += 1
+        row_counts[r, 0] = present
+        row_counts[r, 1] = lost
+        row_counts[r, 2] = dying
+
+
+@njit(cache=True)
+def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts):
+    """Count populations into one row of the record table."""
+    _count_rows(lat, geom, row_counts)
+    row[:] = 0.0
+    for r in range(row_counts.shape[0]):
+        row[REC_TUMOUR_MHC_PRESENT] += row_counts[r, 0]
+        row[REC_TUMOUR_MHC_LOST] += row_counts[r, 1]
+        row[REC_TUMOUR_DYING] += row_counts[r, 2]
+    for i in range(counters[0]):
+        row[REC_EFFECTORS + eff.kind[i]] += 1
+        if eff.target[i] >= 0:
+            row[REC_ENGAGED] += 1
+        if eff.kills[i] >= prm.kill_capacity:
+            row[REC_EXHAUSTED] += 1
+    total = 0.0
+    for i in range(ifn.shape[0]):
+        total += ifn[i]
+    row[REC_IFN_MEAN] = total / ifn.shape[0]
+    for j in range(kills.shape[0]):
+        row[REC_KILLS + j] = kills[j]
+    for k in range(N_KINDS):
+        row[REC_ARRIVALS + k] = arrivals[k]
+    row[REC_DROPPED] = counters[2]
+
+
+# ---------------------------------------------------------------- driver
+@njit(cache=True)
+def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed, patient,
+              step_begin, step_end, mean_cik, mean_ctl, record_every, records, row_counts,
+              class_start, parallel_min):
+    """Advance the model from ``step_begin`` to ``step_end`` (exclusive).
+
+    ``mean_cik[step]`` is the expected number of CIK arrivals in that step;
+    ``mean_ctl`` the constant expected CTL arrivals per step. After each step
+    ``s`` with ``(s + 1) % record_every == 0`` the populations are written to
+    ``records[(s + 1) // record_every]``.
+    """
+    for step in range(step_begin, step_end):
+        supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step,
+               mean_cik[step], mean_ctl)
+        tumour_propose(lat, geom, stream_key(seed, patient, step, P_TUMOUR_EVENT),
+                       prm.thr_tumour_death, prm.thr_tumour_event)
+        tumour_resolve(lat, geom, stream_key(seed, patient, step, P_DIVISION_WINNER),
+                       stream_key(seed, patient, step, P_INHERIT),
+                       stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
+                       prm.thr_mhc_loss, prm.inherit_sd)
+        effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
+                          class_start, parallel_min)
+        compact_effectors(eff, counters)
+        field_step(ifn, ifn_tmp, geom, prm)
+        if (step + 1) % record_every == 0:
+            record(records[(step + 1) // record_every], lat, eff, counters, kills, arrivals,
+                   geom, prm, ifn, row_counts)

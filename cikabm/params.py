@@ -1,0 +1,357 @@
+"""Scenario parameters: typed, unit-bearing, validated, and self-documenting.
+
+Every parameter is a pydantic field whose metadata carries its unit, allowed
+range and source. :func:`parameter_reference` renders the reference table from
+these definitions, so the docs cannot drift from the code. Rates are written in
+physical units here and become per-step probabilities in one place,
+:func:`cikabm.convert.kernel_parameters`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cikabm.schedules import PRESET_SCHEDULES
+
+KIND_KEYS = ("tnk", "tcell", "nk", "ctl")
+KIND_LABELS = {
+    "tnk": "CD3+CD56+ (T-NK)",
+    "tcell": "CD3+CD56- (activated T)",
+    "nk": "CD3-CD56+ (NK)",
+    "ctl": "endogenous CTL",
+}
+
+
+def param(default: Any, unit: str, description: str, source: str = "", **constraints: Any) -> Any:
+    """A scenario field with its unit, meaning and source attached."""
+    return Field(
+        default,
+        description=description,
+        json_schema_extra={"unit": unit, "source": source},
+        **constraints,
+    )
+
+
+class Section(BaseModel):
+    """Base of every scenario section: strict types, unknown keys rejected."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ScenarioInfo(Section):
+    name: str = param("unnamed", "-", "Short name of the scenario.")
+    description: str = param("", "-", "What the scenario shows.")
+    seed: int = param(1, "-", "Seed of all random streams (with patient id, step, agent, purpose).", ge=0,
+                      lt=2**63)
+
+
+class LatticeParams(Section):
+    shape: list[int] = param([200, 200], "sites", "Interior lattice shape: [ny, nx] in 2D or [nz, ny, nx] in 3D.")
+    neighbourhood: Literal["moore", "von_neumann"] = param(
+        "moore", "-", "Contact neighbourhood: Moore (8 / 26 neighbours) or von Neumann (4 / 6).")
+    site_size_um: float = param(15.0, "µm", "Edge of one site, about one cell diameter.",
+                                "MODEL.md §1", gt=0)
+    field_coarsening: int = param(4, "sites", "Edge of one IFN-gamma field cell, in sites.", ge=1, le=64)
+
+    @field_validator("shape")
+    @classmethod
+    def _check_shape(cls, v: list[int]) -> list[int]:
+        if len(v) not in (2, 3):
+            raise ValueError(f"needs 2 (2D) or 3 (3D) entries, got {len(v)}")
+        if any(n < 3 for n in v):
+            raise ValueError("every edge must be at least 3 sites")
+        total = 1
+        for n in v:
+            total *= n
+        if total > 2**31:
+            raise ValueError(f"{total} sites is more than the kernel's 2**31 limit")
+        return v
+
+
+class TimeParams(Section):
+    duration_days: float = param(60.0, "day", "Simulated time.", gt=0, le=36500)
+    dt_minutes: float = param(10.0, "min", "Time step of effector motion and engagement.",
+                              "MODEL.md §1", gt=0, le=120)
+    record_every_hours: float = param(6.0, "h", "Interval between rows of the time series.", gt=0)
+
+
+class TumourParams(Section):
+    initial_cells: int = param(300, "cells", "Tumour cells at time 0.", ge=0)
+    initial_pattern: Literal["ball", "scattered"] = param(
+        "ball", "-", "Initial placement: a compact ball at the centre, or scattered uniformly.")
+    division_rate_per_day: float = param(
+        0.6, "1/day", "Division rate of a cell with a free neighbour (contact inhibition otherwise).",
+        "calibrate; HCC doubling 85.7 d is the net tumour rate (An 2015)", ge=0, le=24)
+    death_rate_per_day: float = param(0.1, "1/day", "Intrinsic death rate.", "calibrate", ge=0, le=24)
+    clearance_time_hours: float = param(12.0, "h", "Mean time a dead cell occupies its site.",
+                                        "MODEL.md §2", gt=0)
+    ligand_mean: float = param(0.6, "0-1", "Mean NKG2D-ligand density L (MICA/B, ULBP).",
+                               "MODEL.md §2", ge=0, le=1)
+    ligand_sd: float = param(0.1, "0-1", "Spread of L between cells at time 0.", ge=0, le=1)
+    mhc_mean: float = param(0.8, "0-1", "Mean MHC class I level M.", "Paterson 1988: mostly kept in HCC",
+                            ge=0, le=1)
+    mhc_sd: float = param(0.1, "0-1", "Spread of M between cells at time 0.", ge=0, le=1)
+    fas_mean: float = param(0.4, "0-1", "Mean Fas level F.", ge=0, le=1)
+    fas_sd: float = param(0.1, "0-1", "Spread of F between cells at time 0.", ge=0, le=1)
+    initial_mhc_lost_fraction: float = param(0.0, "fraction", "Cells MHC-lost at time 0.", ge=0, le=1)
+    mhc_loss_per_division: float = param(
+        0.005, "probability", "Chance a daughter loses MHC-I for good at division (immunoediting).",
+        "calibrate; MHC-I loss in 20-60 % of solid tumours", ge=0, le=1)
+    inheritance_sd: float = param(0.02, "0-1", "Noise on L, M, F passed to a daughter.", ge=0, le=1)
+
+
+class EffectorKindParams(Section):
+    nkg2d_rate_per_hour: float = param(0.0, "1/h", "Maximal NKG2D engagement rate on one neighbour.",
+                                       "calibrate; NK kill probability ~0.5 per encounter (Ichise 2022)",
+                                       ge=0)
+    missing_self_weight: float = param(0.0, "0-1", "w in (1 - w M): how much MHC-I inhibits NKG2D killing.",
+                                       "MODEL.md §3", ge=0, le=1)
+    tcr_rate_per_hour: float = param(0.0, "1/h", "MHC-restricted TCR engagement rate at M = 1.",
+                                     "calibrate; CTL 2-16 kills/day (Halle 2016)", ge=0)
+    fasl: bool = param(True, "-", "Expresses FasL, so can kill by Fas/FasL without granules.", "MODEL.md §3")
+    death_rate_per_day: float = param(0.1, "1/day", "Death rate in tissue.", "calibrate", ge=0, le=100)
+    speed_um_per_min: float = param(5.0, "µm/min", "Mean speed of the persistent random walk.",
+                                    "Ichise 2022", ge=0, le=50)
+
+
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tnk": {"nkg2d_rate_per_hour": 2.0, "missing_self_weight": 0.0, "tcr_rate_per_hour": 0.0,
+            "death_rate_per_day": 0.1},
+    "tcell": {"nkg2d_rate_per_hour": 0.5, "missing_self_weight": 0.0, "tcr_rate_per_hour": 0.5,
+              "death_rate_per_day": 0.15},
+    "nk": {"nkg2d_rate_per_hour": 2.0, "missing_self_weight": 0.8, "tcr_rate_per_hour": 0.0,
+           "death_rate_per_day": 0.2},
+    "ctl": {"nkg2d_rate_per_hour": 0.0, "missing_self_weight": 0.0, "tcr_rate_per_hour": 2.0,
+            "death_rate_per_day": 0.1},
+}
+
+
+def _kind_field(kind: str) -> Any:
+    return Field(
+        default_factory=lambda: EffectorKindParams(**_KIND_DEFAULTS[kind]),
+        description=f"Parameters of {KIND_LABELS[kind]} effectors.",
+    )
+
+
+class EffectorParams(Section):
+    tnk: EffectorKindParams = _kind_field("tnk")
+    tcell: EffectorKindParams = _kind_field("tcell")
+    nk: EffectorKindParams = _kind_field("nk")
+    ctl: EffectorKindParams = _kind_field("ctl")
+    persistence: float = param(0.7, "probability", "Chance a moving effector keeps its heading.", ge=0, le=1)
+    motility: Literal["walk", "well_mixed"] = param(
+        "walk", "-", "walk: persistent random walk; well_mixed: redistributed at random every sub-step "
+        "(analytic check of mass-action killing).")
+    capacity: int = param(200_000, "effectors", "Most effectors held at once (arrivals beyond are dropped "
+                          "and counted).", ge=1, le=2**31 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_kind_defaults(cls, data: Any) -> Any:
+        # A partial [effectors.nk] table overrides only the keys it names.
+        if isinstance(data, dict):
+            data = dict(data)
+            for kind in KIND_KEYS:
+                if isinstance(data.get(kind), dict):
+                    data[kind] = {**_KIND_DEFAULTS[kind], **data[kind]}
+        return data
+
+    def kind(self, key: str) -> EffectorKindParams:
+        return getattr(self, key)
+
+
+class KillingParams(Section):
+    perforin_time_minutes: float = param(30.0, "min", "Mean duration of a perforin/granzyme kill.",
+                                         "MODEL.md §3: tens of minutes", gt=0)
+    fas_time_hours: float = param(4.0, "h", "Mean duration of a Fas/FasL kill.",
+                                  "MODEL.md §3: hours; ~6 h per kill (Halle 2016)", gt=0)
+    fas_threshold: float = param(0.3, "0-1", "Least effective Fas level for a Fas/FasL kill.", ge=0, le=1)
+    granules_max: int = param(3, "granules", "Granules an effector holds (one used per perforin kill).",
+                              ge=0, le=255)
+    granule_regeneration_hours: float = param(12.0, "h", "Mean time to regenerate one granule.", gt=0)
+    kill_capacity: int = param(5, "kills", "Lifetime kills before exhaustion.",
+                               "Kather immunoABM: 5", ge=0, le=255)
+    nkg2d_half_saturation: float = param(0.3, "0-1", "Ligand density at half-maximal NKG2D signal.",
+                                         gt=0, le=1)
+    nkg2d_hill: float = param(2.0, "-", "Hill coefficient of the NKG2D response.", gt=0, le=10)
+
+
+class IfnParams(Section):
+    diffusion_um2_per_min: float = param(600.0, "µm²/min", "IFN-gamma diffusion coefficient in tissue.",
+                                         "cytokines ~10 µm²/s", ge=0)
+    half_life_hours: float = param(2.0, "h", "IFN-gamma half-life in tissue.", gt=0)
+    secretion_per_hour: float = param(2.0, "units/h", "Secretion by one engaged effector into its field cell.",
+                                      ge=0)
+    half_effect: float = param(1.0, "units", "Field level at which MHC-I and Fas are raised half-way to 1.",
+                               gt=0)
+
+
+class ProductParams(Section):
+    share_tnk: float = param(0.36, "fraction", "CD3+CD56+ share of the CIK product.", "Kim 2007; Kim 2012: 32-41 %",
+                             ge=0, le=1)
+    share_tcell: float = param(0.60, "fraction", "CD3+CD56- share of the CIK product.", "CD3+ 94-96 % in total",
+                               ge=0, le=1)
+    share_nk: float = param(0.04, "fraction", "CD3-CD56+ share of the CIK product.", "Kim 2007: 3-4 %",
+                            ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> ProductParams:
+        total = self.share_tnk + self.share_tcell + self.share_nk
+        if abs(total - 1.0) > 0.01:
+            raise ValueError(f"share_tnk + share_tcell + share_nk = {total:g}, must be 1 (within 0.01)")
+        return self
+
+
+class Phase(Section):
+    count: int = param(1, "infusions", "Infusions in this phase.", ge=1, le=1000)
+    interval_days: float = param(7.0, "day", "Time from the previous infusion to each infusion of this phase.",
+                                 gt=0)
+
+
+class DosingParams(Section):
+    schedule: str = param("none", "-", "A preset (" + ", ".join(sorted(PRESET_SCHEDULES)) +
+                          "), 'custom' to use `phases`, or 'none' for no CIK.")
+    phases: list[Phase] = Field(default_factory=list, description="Phases (count x interval) when schedule = 'custom'.")
+    start_day: float = param(0.0, "day", "Time of the first infusion.", ge=0)
+    dose_cells: float = param(6.4e9, "cells", "CIK cells per infusion.", "Lee 2015: 6.4e9", ge=0)
+
+    @model_validator(mode="after")
+    def _schedule_makes_sense(self) -> DosingParams:
+        if self.schedule == "custom":
+            if not self.phases:
+                raise ValueError("schedule = 'custom' needs at least one entry in phases")
+        elif self.schedule in PRESET_SCHEDULES or self.schedule == "none":
+            if self.phases:
+                raise ValueError(f"phases are given but schedule = {self.schedule!r}; "
+                                 "set schedule = 'custom' to use them")
+        else:
+            raise ValueError(f"schedule = {self.schedule!r} is not one of "
+                             + ", ".join(["none", "custom", *sorted(PRESET_SCHEDULES)]))
+        return self
+
+
+class PersistenceParams(Section):
+    fast_fraction: float = param(0.9, "fraction", "Share of an infusion in the fast-decaying blood compartment.",
+                                 "calibrate", ge=0, le=1)
+    fast_half_life_days: float = param(4.0, "day", "Half-life of the fast part.", "Stein 2019: ~4 d", gt=0)
+    slow_half_life_days: float = param(20.0, "day", "Half-life of the persistent part.",
+                                       "Shi 2012: baseline by ~2 months", gt=0)
+
+
+class HomingParams(Section):
+    cik_per_site_per_day: float = param(
+        7e-14, "1/(site·day)", "Fraction of circulating CIK cells entering one lattice site per day.",
+        "calibrate; most infused cells go to lung, liver, spleen", ge=0)
+    ctl_per_site_per_day: float = param(5e-4, "1/(site·day)", "Background arrivals of endogenous CTLs.",
+                                        "calibrate", ge=0)
+
+
+class Scenario(Section):
+    """A complete, validated scenario."""
+
+    scenario: ScenarioInfo = Field(default_factory=ScenarioInfo, description="Name, description, seed.")
+    lattice: LatticeParams = Field(default_factory=LatticeParams, description="Space.")
+    time: TimeParams = Field(default_factory=TimeParams, description="Time.")
+    tumour: TumourParams = Field(default_factory=TumourParams, description="Tumour cells.")
+    effectors: EffectorParams = Field(default_factory=EffectorParams, description="Effector cells.")
+    killing: KillingParams = Field(default_factory=KillingParams, description="Killing.")
+    ifn: IfnParams = Field(default_factory=IfnParams, description="IFN-gamma field.")
+    product: ProductParams = Field(default_factory=ProductParams, description="CIK product mix.")
+    dosing: DosingParams = Field(default_factory=DosingParams, description="Infusion schedule.")
+    persistence: PersistenceParams = Field(default_factory=PersistenceParams, description="Blood persistence.")
+    homing: HomingParams = Field(default_factory=HomingParams, description="Homing into the region.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Scenario:
+        n_sites = 1
+        for n in self.lattice.shape:
+            n_sites *= n
+        if self.tumour.initial_cells > n_sites:
+            raise ValueError(f"tumour.initial_cells = {self.tumour.initial_cells} exceeds the "
+                             f"{n_sites} lattice sites")
+        if self.time.record_every_hours * 60.0 < self.time.dt_minutes:
+            raise ValueError(f"time.record_every_hours = {self.time.record_every_hours} is shorter than "
+                             f"one step (time.dt_minutes = {self.time.dt_minutes})")
+        fastest = max(self.effectors.kind(k).speed_um_per_min for k in KIND_KEYS)
+        sites_per_step = fastest * self.time.dt_minutes / self.lattice.site_size_um
+        if sites_per_step > 16:
+            raise ValueError(f"effectors move {sites_per_step:g} sites per step (fastest speed {fastest:g} µm/min "
+                             f"x time.dt_minutes = {self.time.dt_minutes:g} / lattice.site_size_um = "
+                             f"{self.lattice.site_size_um:g}); at most 16 allowed: shorten time.dt_minutes")
+        if self.dosing.schedule != "none" and self.dosing.start_day >= self.time.duration_days:
+            raise ValueError(f"dosing.start_day = {self.dosing.start_day} is not before the end of the run "
+                             f"(time.duration_days = {self.time.duration_days}): no infusion would be given")
+        return self
+
+    @property
+    def dims(self) -> int:
+        return len(self.lattice.shape)
+
+
+def parameter_rows(model: type[BaseModel] = Scenario, prefix: str = "",
+                   instance: BaseModel | None = None) -> list[dict[str, str]]:
+    """Flatten the parameter definitions into rows of name, meaning, unit, default, range, source."""
+    rows: list[dict[str, str]] = []
+    if instance is None:
+        instance = model()
+    for name, field in type(instance).model_fields.items():
+        value = getattr(instance, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            rows.extend(parameter_rows(type(value), path + ".", value))
+            continue
+        item_types = [t for t in get_args(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if item_types:  # a list of tables, e.g. dosing.phases
+            rows.append({"name": path, "meaning": field.description or "", "unit": "-",
+                         "default": _fmt_default(value), "range": "", "source": ""})
+            rows.extend(parameter_rows(item_types[0], path + "[].", item_types[0]()))
+            continue
+        extra = field.json_schema_extra or {}
+        lo = hi = ""
+        for m in field.metadata:
+            for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+                bound = getattr(m, attr, None)
+                if bound is not None:
+                    if attr in ("ge", "gt"):
+                        lo = f"{sym} {bound:g}"
+                    else:
+                        hi = f"{sym} {bound:g}"
+        rows.append({
+            "name": path,
+            "meaning": field.description or "",
+            "unit": str(extra.get("unit", "")),
+            "default": _fmt_default(value),
+            "range": ", ".join(x for x in (lo, hi) if x),
+            "source": str(extra.get("source", "")),
+        })
+    return rows
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt_default(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def parameter_reference() -> str:
+    """The parameter reference as a Markdown table, generated from the definitions."""
+    lines = [
+        "# Parameter reference",
+        "",
+        "Generated by `cikabm params` from `cikabm/params.py`; do not edit by hand.",
+        "",
+        "| name | meaning | unit | default | range | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in parameter_rows():
+        cells = [r["name"], r["meaning"], r["unit"], r["default"], r["range"], r["source"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,150 @@
+"""Loading scenario files (TOML) into validated :class:`~cikabm.params.Scenario` objects."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cikabm.params import Scenario
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; ``problems`` holds one message per fault."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _field_unit(loc: tuple[Any, ...]) -> str:
+    model: Any = Scenario
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return ""
+        field = fields[part]
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            args = getattr(ann, "__args__", ())
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    extra = (field.json_schema_extra or {}) if field is not None else {}
+    unit = extra.get("unit", "") if isinstance(extra, dict) else ""
+    return "" if unit in ("", "-") else str(unit)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """One readable line per pydantic error, naming the field and the value."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(e.get("loc", ()))
+        kind = e.get("type", "")
+        value = e.get("input")
+        if kind == "extra_forbidden":
+            section = _loc_to_path(loc[:-1]) or "the top level"
+            problems.append(f"unknown key {loc[-1]!r} in [{section}] (value {_short(value)})")
+            continue
+        path = _loc_to_path(loc) or "scenario"
+        msg = e.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        unit = _field_unit(loc)
+        unit_note = f" (unit: {unit})" if unit else ""
+        if kind == "missing":
+            problems.append(f"{path}: required but missing{unit_note}")
+        elif isinstance(value, Mapping) and not loc:
+            problems.append(f"{msg}")
+        elif isinstance(value, Mapping):
+            problems.append(f"[{path}]: {msg}")
+        else:
+            problems.append(f"{path} = {_short(value)}: {msg}{unit_note}")
+    return problems
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+    """Validate a nested mapping (as read from TOML) into a :class:`Scenario`.
+
+    Raises
+    ------
+    ScenarioError
+        With one message per problem, each naming the field and its value.
+    """
+    if not isinstance(data, Mapping):
+        raise ScenarioError(source, [f"a scenario must be a table of sections, got {_short(data)}"])
+    try:
+        return Scenario.model_validate(dict(data))
+    except ValidationError as err:
+        raise ScenarioError(source, format_validation_error(err)) from None
+    except (TypeError, ValueError, OverflowError) as err:  # defensive: never a traceback
+        raise ScenarioError(source, [f"invalid scenario: {err}"]) from None
+
+
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Read and validate a TOML scenario file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+    overrides : mapping, optional
+        Nested values merged over the file before validation, e.g.
+        ``{"scenario": {"seed": 3}}``.
+
+    Returns
+    -------
+    Scenario
+
+    Raises
+    ------
+    ScenarioError
+        If the file is missing, not TOML, or any field is invalid.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(source, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(source, [f"cannot read the file: {err}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(source, [f"not valid TOML: {err}"]) from None
+    if overrides:
+        data = _merge(data, overrides)
+    return scenario_from_dict(data, source)

@@ -1,0 +1,341 @@
+"""Running one tumour region: :class:`Simulation` and its :class:`Results`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cikabm import __version__
+from cikabm.convert import Discretisation, kernel_parameters
+from cikabm.kernels import core
+from cikabm.kernels.geometry import Geometry, flat_index, interior_view, n_sites
+from cikabm.params import KIND_KEYS, Scenario
+from cikabm.schedules import blood_level
+
+MECH_KEYS = ("perforin", "fas")
+MHC_KEYS = ("mhc_present", "mhc_lost")
+
+#: Snapshot codes of the tumour layer.
+SNAP_EMPTY, SNAP_MHC_PRESENT, SNAP_MHC_LOST, SNAP_DYING = 0, 1, 2, 3
+
+#: Effector classes smaller than this are updated serially (a parallel region
+#: costs more than it saves); the result is the same either way.
+PARALLEL_MIN_EFFECTORS = 256
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The lattice at one time, as 2D images (3D runs: the middle z plane).
+
+    ``tumour`` holds :data:`SNAP_EMPTY`, :data:`SNAP_MHC_PRESENT`,
+    :data:`SNAP_MHC_LOST` or :data:`SNAP_DYING`; ``effectors`` holds -1 where no
+    effector stands, else the kind index (order of ``KIND_KEYS``).
+    """
+
+    day: float
+    tumour: np.ndarray
+    effectors: np.ndarray
+
+
+@dataclass
+class Results:
+    """What a run produced. ``to_frame()`` gives the time series."""
+
+    scenario: Scenario
+    seed: int
+    patient: int
+    record_days: np.ndarray
+    records: np.ndarray
+    blood: np.ndarray
+    infusion_days: np.ndarray
+    snapshots: list[Snapshot] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    site_updates: int = 0
+    threads: int = 1
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per recorded time: tumour by MHC state, effectors by kind,
+        blood level, and cumulative kills by mechanism, kind and MHC state."""
+        r = self.records
+        cols: dict[str, Any] = {"time_days": self.record_days}
+        present = r[:, core.REC_TUMOUR_MHC_PRESENT]
+        lost = r[:, core.REC_TUMOUR_MHC_LOST]
+        cols["tumour_total"] = present + lost
+        cols["tumour_mhc_present"] = present
+        cols["tumour_mhc_lost"] = lost
+        cols["tumour_dying"] = r[:, core.REC_TUMOUR_DYING]
+        for k, key in enumerate(KIND_KEYS):
+            cols[f"effectors_{key}"] = r[:, core.REC_EFFECTORS + k]
+        cols["effectors_engaged"] = r[:, core.REC_ENGAGED]
+        cols["effectors_exhausted"] = r[:, core.REC_EXHAUSTED]
+        cols["blood_cik_cells"] = self.blood
+        cols["infusions_given"] = np.searchsorted(self.infusion_days, self.record_days, side="right")
+        cols["ifn_mean"] = r[:, core.REC_IFN_MEAN]
+        kills = r[:, core.REC_KILLS:core.REC_KILLS + 16].reshape(-1, 2, 4, 2)  # mech, kind, mhc
+        cols["kills_total"] = kills.sum(axis=(1, 2, 3))
+        for m, mk in enumerate(MECH_KEYS):
+            cols[f"kills_{mk}"] = kills[:, m].sum(axis=(1, 2))
+        for k, key in enumerate(KIND_KEYS):
+            cols[f"kills_{key}"] = kills[:, :, k].sum(axis=(1, 2))
+        for h, hk in enumerate(MHC_KEYS):
+            cols[f"kills_{hk}"] = kills[:, :, :, h].sum(axis=(1, 2))
+        for m, mk in enumerate(MECH_KEYS):
+            for k, key in enumerate(KIND_KEYS):
+                for h, hk in enumerate(MHC_KEYS):
+                    cols[f"kills_{mk}_{key}_{hk}"] = kills[:, m, k, h]
+        for k, key in enumerate(KIND_KEYS):
+            cols[f"arrivals_{key}"] = r[:, core.REC_ARRIVALS + k]
+        cols["arrivals_dropped"] = r[:, core.REC_DROPPED]
+        frame = pd.DataFrame(cols)
+        counts = [c for c in frame.columns if c not in ("time_days", "blood_cik_cells", "ifn_mean")]
+        frame[counts] = frame[counts].astype(np.int64)
+        return frame
+
+    def kills_table(self) -> pd.DataFrame:
+        """Total kills indexed by effector kind, with columns by mechanism and MHC state."""
+        last = self.records[-1, core.REC_KILLS:core.REC_KILLS + 16].reshape(2, 4, 2)
+        rows = []
+        for k, key in enumerate(KIND_KEYS):
+            row = {"kind": key}
+            for m, mk in enumerate(MECH_KEYS):
+                for h, hk in enumerate(MHC_KEYS):
+                    row[f"{mk}_{hk}"] = int(last[m, k, h])
+            row["total"] = int(last[:, k, :].sum())
+            row["mhc_lost"] = int(last[:, k, 1].sum())
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("kind")
+
+    def summary(self) -> dict[str, Any]:
+        """Key numbers of the run, JSON-ready."""
+        frame = self.to_frame()
+        last = frame.iloc[-1]
+        kt = self.kills_table()
+        by_kind = {}
+        for key in KIND_KEYS:
+            total = int(kt.loc[key, "total"])
+            lost = int(kt.loc[key, "mhc_lost"])
+            by_kind[key] = {
+                "kills": total,
+                "kills_of_mhc_lost_cells": lost,
+                "kills_of_mhc_present_cells": total - lost,
+                "fraction_of_kills_on_mhc_lost": (lost / total) if total else None,
+                "kills_perforin": int(kt.loc[key, "perforin_mhc_present"] + kt.loc[key, "perforin_mhc_lost"]),
+                "kills_fas": int(kt.loc[key, "fas_mhc_present"] + kt.loc[key, "fas_mhc_lost"]),
+                "arrivals": int(last[f"arrivals_{key}"]),
+            }
+        total_tumour = frame["tumour_total"].to_numpy()
+        lost_fraction = np.divide(frame["tumour_mhc_lost"].to_numpy(), total_tumour,
+                                  out=np.zeros(len(frame)), where=total_tumour > 0)
+        sc = self.scenario
+        return {
+            "scenario": sc.scenario.name,
+            "seed": self.seed,
+            "patient": self.patient,
+            "cikabm_version": __version__,
+            "dims": sc.dims,
+            "lattice_shape": list(sc.lattice.shape),
+            "duration_days": float(self.record_days[-1]),
+            "dosing_schedule": sc.dosing.schedule,
+            "infusion_days": [float(d) for d in self.infusion_days],
+            "tumour_initial": int(total_tumour[0]),
+            "tumour_final": int(total_tumour[-1]),
+            "tumour_peak": int(total_tumour.max()),
+            "tumour_peak_day": float(self.record_days[int(total_tumour.argmax())]),
+            "tumour_final_mhc_lost": int(last["tumour_mhc_lost"]),
+            "mhc_lost_fraction_final": float(lost_fraction[-1]),
+            "mhc_lost_fraction_peak": float(lost_fraction.max()),
+            "kills_total": int(last["kills_total"]),
+            "kills_by_mechanism": {mk: int(last[f"kills_{mk}"]) for mk in MECH_KEYS},
+            "kills_by_kind": by_kind,
+            "arrivals_dropped": int(last["arrivals_dropped"]),
+            "performance": {
+                "wall_seconds": round(self.wall_seconds, 3),
+                "threads": self.threads,
+                "site_updates": int(self.site_updates),
+                "site_updates_per_second": (self.site_updates / self.wall_seconds
+                                            if self.wall_seconds > 0 else None),
+            },
+        }
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int | None) -> Iterator[int]:
+    """Run a block with ``threads`` Numba threads (None: leave as is)."""
+    previous = numba.get_num_threads()
+    if threads is None:
+        yield previous
+        return
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads = {threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
+    numba.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        numba.set_num_threads(previous)
+
+
+def initial_tumour_sites(scenario: Scenario, geom: Geometry, seed: int, patient: int) -> np.ndarray:
+    """Flat indices of the initial tumour cells (ball at the centre, or scattered)."""
+    count = scenario.tumour.initial_cells
+    shape = tuple(scenario.lattice.shape)
+    coords = np.indices(shape).reshape(len(shape), -1).T
+    flat = flat_index(geom, coords)
+    if count == 0:
+        return flat[:0]
+    if scenario.tumour.initial_pattern == "ball":
+        centre = (np.asarray(shape) - 1) / 2.0
+        dist2 = ((coords - centre) ** 2).sum(axis=1)
+        order = np.lexsort((flat, dist2))
+    else:
+        bits = np.empty(flat.shape[0], dtype=np.uint64)
+        core.hash_sites(core.stream_key(seed, patient, 0, core.P_SEED + 100), flat, bits)
+        order = np.argsort(bits, kind="stable")
+    return np.sort(flat[order[:count]])
+
+
+class Simulation:
+    """One tumour region under one scenario.
+
+    Parameters
+    ----------
+    scenario : Scenario
+        A validated scenario (see :func:`cikabm.load_scenario`).
+    seed : int, optional
+        Overrides ``scenario.scenario.seed``.
+    patient : int
+        Patient id: a key of every random stream.
+    threads : int, optional
+        Numba threads (results do not depend on it).
+
+    Examples
+    --------
+    >>> sc = load_scenario("scenarios/teaching_mhc_loss.toml")   # doctest: +SKIP
+    >>> res = Simulation(sc, threads=2).run()                     # doctest: +SKIP
+    >>> res.to_frame().tail()                                     # doctest: +SKIP
+    """
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None, patient: int = 0,
+                 threads: int | None = None):
+        self.scenario = scenario
+        self.seed = int(scenario.scenario.seed if seed is None else seed)
+        if self.seed < 0:
+            raise ValueError(f"seed = {self.seed}: must be >= 0")
+        self.patient = int(patient)
+        self.threads = threads
+        self.disc: Discretisation = kernel_parameters(scenario)
+        self._allocate()
+
+    def _allocate(self) -> None:
+        geom = self.disc.geometry
+        size = geom.pz * geom.py * geom.px
+        cell = np.full(size, core.WALL, dtype=np.uint8)
+        interior_view(cell, geom)[...] = core.EMPTY
+        self.lattice = core.LatticeState(
+            cell=cell,
+            ligand=np.zeros(size, np.uint8),
+            mhc=np.zeros(size, np.uint8),
+            fas=np.zeros(size, np.uint8),
+            mhc_lost=np.zeros(size, np.uint8),
+            proposal=np.zeros(size, np.uint8),
+            has_effector=np.zeros(size, np.uint8),
+        )
+        cap = self.scenario.effectors.capacity
+        self.effectors = core.EffectorState(
+            pos=np.zeros(cap, np.int64), kind=np.zeros(cap, np.uint8),
+            granules=np.zeros(cap, np.uint8), kills=np.zeros(cap, np.uint8),
+            target=np.full(cap, -1, np.int64), mechanism=np.zeros(cap, np.uint8),
+            heading=np.zeros(cap, np.uint8), uid=np.zeros(cap, np.int64),
+            born=np.zeros(cap, np.int64), alive=np.zeros(cap, np.uint8),
+            event=np.zeros(cap, np.uint8), klass=np.zeros(cap, np.int64),
+            order=np.zeros(cap, np.int64),
+        )
+        self.ifn = np.zeros(geom.cz * geom.cy * geom.cx, np.float64)
+        self.ifn_tmp = np.zeros_like(self.ifn)
+        self.counters = np.zeros(3, np.int64)  # live effectors, next uid, dropped arrivals
+        self.kills = np.zeros(16, np.int64)
+        self.arrivals = np.zeros(core.N_KINDS, np.int64)
+        self.records = np.zeros((self.disc.n_records, core.N_REC), np.float64)
+        self.row_counts = np.zeros((geom.nz * geom.ny, 3), np.int64)
+        self.class_start = np.zeros(core.N_CLASSES + 1, np.int64)
+        tum = self.scenario.tumour
+        sites = initial_tumour_sites(self.scenario, geom, self.seed, self.patient)
+        core.seed_tumour(self.lattice, sites, self.seed, self.patient, tum.ligand_mean, tum.ligand_sd,
+                         tum.mhc_mean, tum.mhc_sd, tum.fas_mean, tum.fas_sd, tum.initial_mhc_lost_fraction)
+        self.step = 0
+
+    def snapshot(self) -> Snapshot:
+        """The current lattice as 2D images (see :class:`Snapshot`)."""
+        geom = self.disc.geometry
+        cell = interior_view(self.lattice.cell, geom)
+        lost = interior_view(self.lattice.mhc_lost, geom)
+        img = np.zeros(cell.shape, np.uint8)
+        img[(cell == core.LIVE) & (lost == 0)] = SNAP_MHC_PRESENT
+        img[(cell == core.LIVE) & (lost == 1)] = SNAP_MHC_LOST
+        img[cell == core.DYING] = SNAP_DYING
+        eff = np.full(geom.pz * geom.py * geom.px, -1, np.int8)
+        n = int(self.counters[0])
+        eff[self.effectors.pos[:n]] = self.effectors.kind[:n].astype(np.int8)
+        eff_img = interior_view(eff, geom)
+        if geom.dims == 3:
+            mid = geom.nz // 2
+            img, eff_img = img[mid], eff_img[mid]
+        return Snapshot(day=self.step * self.disc.dt_days, tumour=img.copy(), effectors=eff_img.copy())
+
+    def advance(self, n_steps: int) -> None:
+        """Advance ``n_steps`` steps (records are written on record steps)."""
+        d = self.disc
+        end = min(self.step + n_steps, d.n_steps)
+        if self.step == 0:
+            core.record(self.records[0], self.lattice, self.effectors, self.counters, self.kills,
+                        self.arrivals, d.geometry, d.params, self.ifn, self.row_counts)
+        core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
+                       self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
+                       self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
+                       self.records, self.row_counts, self.class_start, PARALLEL_MIN_EFFECTORS)
+        self.step = end
+
+    def run(self, *, progress: bool | None = None, n_snapshots: int = 4) -> Results:
+        """Run to the end of the scenario.
+
+        Parameters
+        ----------
+        progress : bool, optional
+            Show a progress bar (default: when the run takes more than 2 s and
+            stderr is a terminal).
+        n_snapshots : int
+            Lattice snapshots taken at evenly spaced times, first and last included.
+        """
+        d = self.disc
+        with numba_threads(self.threads) as threads:
+            start = time.perf_counter()
+            snap_steps = sorted({int(round(x)) for x in np.linspace(0, d.n_steps, max(n_snapshots, 0))})
+            chunk = max(d.record_every, int(round(1.0 / d.dt_days)))  # about one simulated day
+            stops = sorted(set(range(chunk, d.n_steps, chunk)) | set(snap_steps) | {d.n_steps})
+            stops = [s for s in stops if s > 0]
+            snapshots = [self.snapshot()] if 0 in snap_steps else []
+            bar = tqdm(total=round(d.n_steps * d.dt_days, 3), unit="day", delay=2.0,
+                       disable=(progress is False), desc=self.scenario.scenario.name, leave=False)
+            with bar:
+                for stop in stops:
+                    before = self.step
+                    self.advance(stop - self.step)
+                    bar.update(round((self.step - before) * d.dt_days, 6))
+                    if self.step in snap_steps:
+                        snapshots.append(self.snapshot())
+            wall = time.perf_counter() - start
+        blood = blood_level(d.record_days, d.infusion_days, self.scenario.dosing.dose_cells,
+                            self.scenario.persistence.fast_fraction,
+                            self.scenario.persistence.fast_half_life_days,
+                            self.scenario.persistence.slow_half_life_days)
+        return Results(scenario=self.scenario, seed=self.seed, patient=self.patient,
+                       record_days=d.record_days, records=self.records.copy(), blood=blood,
+                       infusion_days=d.infusion_days, snapshots=snapshots, wall_seconds=wall,
+                       site_updates=n_sites(d.geometry) * d.n_steps, threads=threads)
