@@ -50,6 +50,13 @@ class Discretisation:
         return np.arange(self.n_records) * self.record_every * self.dt_days
 
 
+def nkg2d_signal_table(half_saturation: float, hill: float) -> np.ndarray:
+    """Hill response ``h(L) = L^n / (L^n + K^n)`` for the 256 ligand levels."""
+    ligand = np.arange(256, dtype=np.float64) / 255.0
+    ln = ligand**hill
+    return ln / (ln + half_saturation**hill)
+
+
 def motility_substeps(scenario: Scenario) -> int:
     """Sub-steps per step so that no effector moves more than one site per sub-step."""
     fastest = max(scenario.effectors.kind(k).speed_um_per_min for k in KIND_KEYS)
@@ -113,8 +120,7 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
         thr_clear=threshold(hazard_to_probability(1.0 / tum.clearance_time_hours, dt_h)),
         thr_mhc_loss=threshold(tum.mhc_loss_per_division),
         inherit_sd=float(tum.inheritance_sd),
-        nkg2d_half=float(kill.nkg2d_half_saturation),
-        nkg2d_hill=float(kill.nkg2d_hill),
+        nkg2d_signal=nkg2d_signal_table(kill.nkg2d_half_saturation, kill.nkg2d_hill),
         nkg2d_rate=np.array([k.nkg2d_rate_per_hour for k in kinds], dtype=np.float64),
         missing_self=np.array([k.missing_self_weight for k in kinds], dtype=np.float64),
         tcr_rate=np.array([k.tcr_rate_per_hour for k in kinds], dtype=np.float64),

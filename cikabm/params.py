@@ -53,7 +53,7 @@ class LatticeParams(Section):
         "moore", "-", "Contact neighbourhood: Moore (8 / 26 neighbours) or von Neumann (4 / 6).")
     site_size_um: float = param(15.0, "µm", "Edge of one site, about one cell diameter.",
                                 "MODEL.md §1", gt=0)
-    field_coarsening: int = param(4, "sites", "Edge of one IFN-gamma field cell, in sites.", ge=1, le=64)
+    field_coarsening: int = param(8, "sites", "Edge of one IFN-gamma field cell, in sites.", ge=1, le=64)
 
     @field_validator("shape")
     @classmethod

@@ -146,8 +146,7 @@ class KernelParams(NamedTuple):
     thr_clear: np.uint64
     thr_mhc_loss: np.uint64
     inherit_sd: float
-    nkg2d_half: float
-    nkg2d_hill: float
+    nkg2d_signal: np.ndarray  # float64[256]: Hill response h(L) per ligand level
     nkg2d_rate: np.ndarray  # float64[kind], per hour
     missing_self: np.ndarray  # float64[kind]
     tcr_rate: np.ndarray  # float64[kind], per hour
@@ -405,16 +404,16 @@ def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear,
 
 
 # ---------------------------------------------------------------- effectors
-@njit(cache=True)
-def recognition_rate(kind, ligand, mhc_eff, prm):
+@njit(cache=True, inline="always")
+def recognition_rate(kind, ligand_level, mhc_eff, prm):
     """Engagement hazard (per hour) of an effector of ``kind`` on one target.
 
     ``nkg2d * h(L) * (1 - w * M) + tcr * M``: NKG2D recognition is
     MHC-independent, the missing-self weight ``w`` makes MHC loss raise NK
-    killing, and the TCR term is MHC-restricted.
+    killing, and the TCR term is MHC-restricted. ``ligand_level`` is the
+    0-255 byte; ``h`` comes from the precomputed ``prm.nkg2d_signal`` table.
     """
-    ln = ligand ** prm.nkg2d_hill
-    h = ln / (ln + prm.nkg2d_half ** prm.nkg2d_hill) if ln > 0.0 else 0.0
+    h = prm.nkg2d_signal[ligand_level]
     return (prm.nkg2d_rate[kind] * h * (1.0 - prm.missing_self[kind] * mhc_eff)
             + prm.tcr_rate[kind] * mhc_eff)
 
@@ -424,7 +423,24 @@ def _ifn_response(ifn, half):
     return ifn / (ifn + half) if ifn > 0.0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _contact_rate(n, kind, has_granules, g, lat, prm):
+    """Recognition rate on site ``n`` (0 if no live, killable cell there)."""
+    if lat.cell[n] != LIVE:
+        return 0.0
+    if not has_granules:  # Fas/FasL only: needs enough effective Fas
+        f = lat.fas[n] / 255.0
+        if f + (1.0 - f) * g < prm.fas_threshold:
+            return 0.0
+    if lat.mhc_lost[n] == 1:
+        m = 0.0  # genetic loss: IFN-gamma cannot restore MHC
+    else:
+        m = lat.mhc[n] / 255.0
+        m += (1.0 - m) * g
+    return recognition_rate(kind, lat.ligand[n], m, prm)
+
+
+@njit(cache=True, inline="always")
 def _update_effector(i, lat, eff, geom, prm, ifn, first_sub, keys):
     """One sub-step of effector ``i``: death, kill, regenerate, engage, move."""
     cell = lat.cell
@@ -456,38 +472,33 @@ def _update_effector(i, lat, eff, geom, prm, ifn, first_sub, keys):
     if eff.granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
         eff.granules[i] += 1
     if eff.kills[i] < prm.kill_capacity:
+        # Competing hazards over the contact neighbourhood (own site + neighbours):
+        # engage with probability 1 - exp(-R dt), R the summed recognition rate,
+        # then pick the target in proportion to its rate.
         g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
-        nc = geom.n_neighbours + 1
-        start = pick(draw(keys[3], uid), nc)
-        for j in range(nc):
-            k = start + j
-            if k >= nc:
-                k -= nc
-            n = pos + geom.offsets[k]
-            if cell[n] != LIVE:
-                continue
-            if eff.granules[i] > 0:
-                mech = MECH_PERFORIN
-            elif prm.fasl[kind] != 0:
-                f = lat.fas[n] / 255.0
-                if f + (1.0 - f) * g < prm.fas_threshold:
-                    continue
-                mech = MECH_FAS
-            else:
-                break  # no granules and no FasL: cannot kill anyone now
-            if lat.mhc_lost[n] == 1:
-                m = 0.0  # genetic loss: IFN-gamma cannot restore MHC
-            else:
-                m = lat.mhc[n] / 255.0
-                m += (1.0 - m) * g
-            rate = recognition_rate(kind, lat.ligand[n] / 255.0, m, prm)
-            if rate <= 0.0:
-                continue
-            p = hazard_to_probability(rate, prm.dt_sub_hours)
-            if uniform(draw(keys[4], uid * 32 + k)) < p:
-                eff.target[i] = n
-                eff.mechanism[i] = mech
-                return
+        has_granules = eff.granules[i] > 0
+        if has_granules or prm.fasl[kind] != 0:
+            nc = geom.n_neighbours + 1
+            total = 0.0
+            for k in range(nc):
+                total += _contact_rate(pos + geom.offsets[k], kind, has_granules, g, lat, prm)
+            if total > 0.0:
+                bits = draw(keys[4], uid)
+                if uniform(bits) < hazard_to_probability(total, prm.dt_sub_hours):
+                    u = uniform(draw(keys[3], uid)) * total
+                    acc = 0.0
+                    chosen = -1
+                    for k in range(nc):
+                        n = pos + geom.offsets[k]
+                        r = _contact_rate(n, kind, has_granules, g, lat, prm)
+                        if r > 0.0:
+                            chosen = n
+                            acc += r
+                            if u < acc:
+                                break
+                    eff.target[i] = chosen
+                    eff.mechanism[i] = MECH_PERFORIN if has_granules else MECH_FAS
+                    return
     if prm.well_mixed:
         return
     bits = draw(keys[5], uid)
