@@ -364,6 +364,10 @@ def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear,
     """Phase 2: one winner per target writes the daughter; clear dead cells."""
     cell = lat.cell
     proposal = lat.proposal
+    ligand = lat.ligand
+    mhc = lat.mhc
+    fas = lat.fas
+    mhc_lost = lat.mhc_lost
     offsets = geom.offsets
     nnb = geom.n_neighbours
     ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
@@ -394,13 +398,13 @@ def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear,
                 continue
             cell[t] = LIVE
             a = 4 * t
-            lat.ligand[t] = _to_level(lat.ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
-            lat.mhc[t] = _to_level(lat.mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
-            lat.fas[t] = _to_level(lat.fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
-            if lat.mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
-                lat.mhc_lost[t] = 1
+            ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
+            mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
+            fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
+            if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
+                mhc_lost[t] = 1
             else:
-                lat.mhc_lost[t] = 0
+                mhc_lost[t] = 0
 
 
 # ---------------------------------------------------------------- effectors
@@ -424,116 +428,136 @@ def _ifn_response(ifn, half):
 
 
 @njit(cache=True, inline="always")
-def _contact_rate(n, kind, has_granules, g, lat, prm):
+def _contact_rate(n, kind, has_granules, g, cell, ligand, mhc, fas, mhc_lost, prm):
     """Recognition rate on site ``n`` (0 if no live, killable cell there)."""
-    if lat.cell[n] != LIVE:
+    if cell[n] != LIVE:
         return 0.0
     if not has_granules:  # Fas/FasL only: needs enough effective Fas
-        f = lat.fas[n] / 255.0
+        f = fas[n] / 255.0
         if f + (1.0 - f) * g < prm.fas_threshold:
             return 0.0
-    if lat.mhc_lost[n] == 1:
+    if mhc_lost[n] == 1:
         m = 0.0  # genetic loss: IFN-gamma cannot restore MHC
     else:
-        m = lat.mhc[n] / 255.0
+        m = mhc[n] / 255.0
         m += (1.0 - m) * g
-    return recognition_rate(kind, lat.ligand[n], m, prm)
+    return recognition_rate(kind, ligand[n], m, prm)
 
 
+# Numba drops writes made through a NamedTuple attribute inside a prange body
+# (``state.array[i] = v`` is lost), so the per-effector update takes the arrays
+# it writes as plain arguments, unpacked outside the parallel loop.
 @njit(cache=True, inline="always")
-def _update_effector(i, lat, eff, geom, prm, ifn, first_sub, keys):
+def _update_effector(i, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind, e_granules,
+                     e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                     geom, prm, ifn, first_sub, keys):
     """One sub-step of effector ``i``: death, kill, regenerate, engage, move."""
-    cell = lat.cell
-    pos = eff.pos[i]
-    kind = eff.kind[i]
-    uid = eff.uid[i]
-    eff.event[i] = EVENT_NONE
+    pos = e_pos[i]
+    kind = e_kind[i]
+    uid = e_uid[i]
+    e_event[i] = EVENT_NONE
     if first_sub and hit(draw(keys[0], uid), prm.thr_eff_death[kind]):
-        eff.alive[i] = 0
-        eff.event[i] = EVENT_DIED
-        lat.has_effector[pos] = 0
-        eff.target[i] = -1
+        e_alive[i] = 0
+        e_event[i] = EVENT_DIED
+        has_effector[pos] = 0
+        e_target[i] = -1
         return
-    t = eff.target[i]
+    t = e_target[i]
     if t >= 0:
         if cell[t] != LIVE:
-            eff.target[i] = -1  # target died another way: free again
+            e_target[i] = -1  # target died another way: free again
         else:
-            mech = eff.mechanism[i]
+            mech = e_mechanism[i]
             thr = prm.thr_perforin_done if mech == MECH_PERFORIN else prm.thr_fas_done
             if hit(draw(keys[1], uid), thr):
                 cell[t] = DYING
-                eff.event[i] = EVENT_KILL + 2 * mech + lat.mhc_lost[t]
-                eff.kills[i] += 1
+                e_event[i] = EVENT_KILL + 2 * mech + mhc_lost[t]
+                e_kills[i] += 1
                 if mech == MECH_PERFORIN:
-                    eff.granules[i] -= 1
-                eff.target[i] = -1
+                    e_granules[i] -= 1
+                e_target[i] = -1
             return  # engaged effectors do not move
-    if eff.granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
-        eff.granules[i] += 1
-    if eff.kills[i] < prm.kill_capacity:
+    if e_granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
+        e_granules[i] += 1
+    if e_kills[i] < prm.kill_capacity:
         # Competing hazards over the contact neighbourhood (own site + neighbours):
         # engage with probability 1 - exp(-R dt), R the summed recognition rate,
         # then pick the target in proportion to its rate.
         g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
-        has_granules = eff.granules[i] > 0
+        has_granules = e_granules[i] > 0
         if has_granules or prm.fasl[kind] != 0:
             nc = geom.n_neighbours + 1
             total = 0.0
             for k in range(nc):
-                total += _contact_rate(pos + geom.offsets[k], kind, has_granules, g, lat, prm)
-            if total > 0.0:
-                bits = draw(keys[4], uid)
-                if uniform(bits) < hazard_to_probability(total, prm.dt_sub_hours):
-                    u = uniform(draw(keys[3], uid)) * total
-                    acc = 0.0
-                    chosen = -1
-                    for k in range(nc):
-                        n = pos + geom.offsets[k]
-                        r = _contact_rate(n, kind, has_granules, g, lat, prm)
-                        if r > 0.0:
-                            chosen = n
-                            acc += r
-                            if u < acc:
-                                break
-                    eff.target[i] = chosen
-                    eff.mechanism[i] = MECH_PERFORIN if has_granules else MECH_FAS
-                    return
+                total += _contact_rate(pos + geom.offsets[k], kind, has_granules, g, cell, ligand, mhc,
+                                       fas, mhc_lost, prm)
+            if total > 0.0 and uniform(draw(keys[4], uid)) < hazard_to_probability(total, prm.dt_sub_hours):
+                u = uniform(draw(keys[3], uid)) * total
+                acc = 0.0
+                chosen = -1
+                for k in range(nc):
+                    n = pos + geom.offsets[k]
+                    r = _contact_rate(n, kind, has_granules, g, cell, ligand, mhc, fas, mhc_lost, prm)
+                    if r > 0.0:
+                        chosen = n
+                        acc += r
+                        if u < acc:
+                            break
+                e_target[i] = chosen
+                e_mechanism[i] = MECH_PERFORIN if has_granules else MECH_FAS
+                return
     if prm.well_mixed:
         return
     bits = draw(keys[5], uid)
     if not hit(bits, prm.thr_move[kind]):
         return
-    heading = eff.heading[i]
+    heading = e_heading[i]
     if heading == 0 or (bits & _LOW32) >= prm.thr_persist:
         heading = 1 + pick(draw(keys[6], uid), geom.n_neighbours)
     dest = pos + geom.offsets[heading]
-    if cell[dest] != WALL and lat.has_effector[dest] == 0:
-        lat.has_effector[pos] = 0
-        lat.has_effector[dest] = 1
-        eff.pos[i] = dest
-        eff.heading[i] = heading
+    if cell[dest] != WALL and has_effector[dest] == 0:
+        has_effector[pos] = 0
+        has_effector[dest] = 1
+        e_pos[i] = dest
+        e_heading[i] = heading
     else:
-        eff.heading[i] = 0  # blocked: turn at the next move
+        e_heading[i] = 0  # blocked: turn at the next move
 
 
 @njit(cache=True, parallel=True)
 def _update_class_parallel(members, lat, eff, geom, prm, ifn, first_sub, keys):
+    cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
+    has_effector = lat.has_effector
+    e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
+    e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
+    e_uid, e_alive, e_event = eff.uid, eff.alive, eff.event
     for j in prange(members.shape[0]):
-        _update_effector(members[j], lat, eff, geom, prm, ifn, first_sub, keys)
+        _update_effector(members[j], cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                         geom, prm, ifn, first_sub, keys)
 
 
 @njit(cache=True)
 def _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys):
     for j in range(members.shape[0]):
-        _update_effector(members[j], lat, eff, geom, prm, ifn, first_sub, keys)
+        _update_effector(members[j], lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost,
+                         lat.has_effector, eff.pos, eff.kind, eff.granules, eff.kills, eff.target,
+                         eff.mechanism, eff.heading, eff.uid, eff.alive, eff.event,
+                         geom, prm, ifn, first_sub, keys)
 
 
 @njit(cache=True)
 def _sort_by_class(eff, n_eff, geom, class_start):
-    """Counting sort of live effectors into the 27 colour classes."""
+    """Counting sort of the live effectors into the 27 colour classes.
+
+    Effectors that died earlier in this step stay in the arrays until
+    compaction, but belong to no class, so they are never updated again.
+    """
     class_start[:] = 0
     for i in range(n_eff):
+        if eff.alive[i] == 0:
+            eff.klass[i] = -1
+            continue
         z, y, x = _site_zyx(eff.pos[i], geom.py, geom.px)
         c = (z % 3) * 9 + (y % 3) * 3 + (x % 3)
         eff.klass[i] = c
@@ -543,15 +567,16 @@ def _sort_by_class(eff, n_eff, geom, class_start):
     fill = class_start[:N_CLASSES].copy()
     for i in range(n_eff):
         c = eff.klass[i]
-        eff.order[fill[c]] = i
-        fill[c] += 1
+        if c >= 0:
+            eff.order[fill[c]] = i
+            fill[c] += 1
 
 
 @njit(cache=True)
 def _shuffle_effectors(lat, eff, n_eff, geom, key):
     """Well-mixed mode: put every free effector on a random free site."""
     for i in range(n_eff):
-        if eff.target[i] >= 0:
+        if eff.target[i] >= 0 or eff.alive[i] == 0:
             continue
         for attempt in range(64):
             s = random_interior_site(draw(key, eff.uid[i] * 64 + attempt), geom)
@@ -595,13 +620,15 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                 _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys)
         # Serial tally: kills by (mechanism, kind, MHC state), and secretion.
         for i in range(n_eff):
+            if eff.alive[i] == 0:
+                continue
             ev = eff.event[i]
             if ev >= EVENT_KILL:
                 code = ev - EVENT_KILL
                 mech = code // 2
                 lost = code - 2 * mech
                 kills[(mech * N_KINDS + eff.kind[i]) * 2 + lost] += 1
-            if eff.alive[i] == 1 and eff.target[i] >= 0:
+            if eff.target[i] >= 0:
                 ifn[_coarse_index(eff.pos[i], geom)] += prm.ifn_secretion
 
 
