@@ -26,9 +26,10 @@ MHC_KEYS = ("mhc_present", "mhc_lost")
 #: Snapshot codes of the tumour layer.
 SNAP_EMPTY, SNAP_MHC_PRESENT, SNAP_MHC_LOST, SNAP_DYING = 0, 1, 2, 3
 
-#: Effector classes smaller than this are updated serially (a parallel region
-#: costs more than it saves); the result is the same either way.
-PARALLEL_MIN_EFFECTORS = 256
+#: Passes with fewer work items than this run serially (a parallel region
+#: costs more than it saves on small lattices); effector colour classes use
+#: 1/256 of it. Results are identical either way.
+PARALLEL_MIN_SITES = 65536
 
 
 @dataclass(frozen=True)
@@ -295,11 +296,11 @@ class Simulation:
         end = min(self.step + n_steps, d.n_steps)
         if self.step == 0:
             core.record(self.records[0], self.lattice, self.effectors, self.counters, self.kills,
-                        self.arrivals, d.geometry, d.params, self.ifn, self.row_counts)
+                        self.arrivals, d.geometry, d.params, self.ifn, self.row_counts, False)
         core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
                        self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
                        self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
-                       self.records, self.row_counts, self.class_start, PARALLEL_MIN_EFFECTORS)
+                       self.records, self.row_counts, self.class_start, PARALLEL_MIN_SITES)
         self.step = end
 
     def run(self, *, progress: bool | None = None, n_snapshots: int = 4) -> Results:

@@ -239,7 +239,7 @@ def poisson(key, mean):
         k += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hazard_to_probability(rate, dt):
     """Per-step probability of an event with constant ``rate`` over ``dt``.
 
@@ -319,129 +319,148 @@ def random_interior_site(bits, geom):
 
 
 # ---------------------------------------------------------------- tumour
-@njit(cache=True, parallel=True)
-def tumour_propose(lat, geom, key_event, thr_death, thr_event):
-    """Phase 1: death, and division proposals into empty neighbours."""
-    cell = lat.cell
-    proposal = lat.proposal
+@njit(cache=True, inline="always")
+def _propose_row(r, cell, proposal, geom, key_event, thr_death, thr_event):
     offsets = geom.offsets
     nnb = geom.n_neighbours
-    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
-    for r in prange(geom.nz * ny):
-        z = r // ny + z0
-        y = r - (r // ny) * ny + 1
-        base = (z * py + y) * px
-        for x in range(1, nx + 1):
-            s = base + x
-            proposal[s] = 0
-            if cell[s] != LIVE:
-                continue
-            bits = draw(key_event, s)
-            u = bits >> _S32
-            if u >= thr_event:
-                continue
-            if u < thr_death:
-                cell[s] = DYING
-                continue
-            n_empty = 0
-            for k in range(1, nnb + 1):
-                if cell[s + offsets[k]] == EMPTY:
-                    n_empty += 1
-            if n_empty == 0:
-                continue  # contact inhibition
-            chosen = pick(bits, n_empty)
-            for k in range(1, nnb + 1):
-                if cell[s + offsets[k]] == EMPTY:
-                    if chosen == 0:
-                        proposal[s] = k
-                        break
-                    chosen -= 1
+    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
+    for x in range(1, geom.nx + 1):
+        s = base + x
+        proposal[s] = 0
+        if cell[s] != LIVE:
+            continue
+        bits = draw(key_event, s)
+        u = bits >> _S32
+        if u >= thr_event:
+            continue
+        if u < thr_death:
+            cell[s] = DYING
+            continue
+        n_empty = 0
+        for k in range(1, nnb + 1):
+            if cell[s + offsets[k]] == EMPTY:
+                n_empty += 1
+        if n_empty == 0:
+            continue  # contact inhibition
+        chosen = pick(bits, n_empty)
+        for k in range(1, nnb + 1):
+            if cell[s + offsets[k]] == EMPTY:
+                if chosen == 0:
+                    proposal[s] = k
+                    break
+                chosen -= 1
 
 
 @njit(cache=True, parallel=True)
-def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear,
-                   thr_mhc_loss, inherit_sd):
-    """Phase 2: one winner per target writes the daughter; clear dead cells."""
-    cell = lat.cell
-    proposal = lat.proposal
-    ligand = lat.ligand
-    mhc = lat.mhc
-    fas = lat.fas
-    mhc_lost = lat.mhc_lost
+def _propose_parallel(cell, proposal, geom, key_event, thr_death, thr_event):
+    for r in prange(geom.nz * geom.ny):
+        _propose_row(r, cell, proposal, geom, key_event, thr_death, thr_event)
+
+
+@njit(cache=True)
+def tumour_propose(lat, geom, key_event, thr_death, thr_event, parallel):
+    """Phase 1: death, and division proposals into empty neighbours.
+
+    Rows are independent: a row writes only its own sites, and reads of
+    neighbour emptiness cannot change in this phase (deaths turn LIVE into
+    DYING, never into EMPTY).
+    """
+    if parallel:
+        _propose_parallel(lat.cell, lat.proposal, geom, key_event, thr_death, thr_event)
+    else:
+        for r in range(geom.nz * geom.ny):
+            _propose_row(r, lat.cell, lat.proposal, geom, key_event, thr_death, thr_event)
+
+
+@njit(cache=True, inline="always")
+def _resolve_row(r, cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
+                 key_clear, thr_clear, thr_mhc_loss, inherit_sd):
     offsets = geom.offsets
     nnb = geom.n_neighbours
-    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
-    for r in prange(geom.nz * ny):
-        z = r // ny + z0
-        y = r - (r // ny) * ny + 1
-        base = (z * py + y) * px
-        for x in range(1, nx + 1):
-            s = base + x
-            if cell[s] == DYING:
-                if hit(draw(key_clear, s), thr_clear):
-                    cell[s] = EMPTY
-                continue
-            d = proposal[s]
-            if d == 0:
-                continue
-            t = s + offsets[d]
-            n_prop = 0
-            rank = 0
-            for k in range(1, nnb + 1):
-                n = t + offsets[k]
-                dn = proposal[n]
-                if dn != 0 and n + offsets[dn] == t:
-                    if n == s:
-                        rank = n_prop
-                    n_prop += 1
-            if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
-                continue
-            cell[t] = LIVE
-            a = 4 * t
-            ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
-            mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
-            fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
-            if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
-                mhc_lost[t] = 1
-            else:
-                mhc_lost[t] = 0
+    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
+    for x in range(1, geom.nx + 1):
+        s = base + x
+        if cell[s] == DYING:
+            if hit(draw(key_clear, s), thr_clear):
+                cell[s] = EMPTY
+            continue
+        d = proposal[s]
+        if d == 0:
+            continue
+        t = s + offsets[d]
+        n_prop = 0
+        rank = 0
+        for k in range(1, nnb + 1):
+            n = t + offsets[k]
+            dn = proposal[n]
+            if dn != 0 and n + offsets[dn] == t:
+                if n == s:
+                    rank = n_prop
+                n_prop += 1
+        if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
+            continue
+        cell[t] = LIVE
+        a = 4 * t
+        ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
+        mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
+        fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
+        if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
+            mhc_lost[t] = 1
+        else:
+            mhc_lost[t] = 0
+
+
+@njit(cache=True, parallel=True)
+def _resolve_parallel(cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
+                      key_clear, thr_clear, thr_mhc_loss, inherit_sd):
+    for r in prange(geom.nz * geom.ny):
+        _resolve_row(r, cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
+                     key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+
+
+@njit(cache=True)
+def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
+                   inherit_sd, parallel):
+    """Phase 2: one winner per target writes the daughter; clear dead cells.
+
+    Only the winning proposer writes a target (which was EMPTY, so no other
+    row clears it), and proposals are read-only here: race-free.
+    """
+    if parallel:
+        _resolve_parallel(lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, geom,
+                          key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+    else:
+        for r in range(geom.nz * geom.ny):
+            _resolve_row(r, lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, geom,
+                         key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd)
 
 
 # ---------------------------------------------------------------- effectors
 @njit(cache=True, inline="always")
-def recognition_rate(kind, ligand_level, mhc_eff, prm):
-    """Engagement hazard (per hour) of an effector of ``kind`` on one target.
+def recognition_rate(nkg2d_signal, mhc_eff, nkg2d_rate, missing_self, tcr_rate):
+    """Engagement hazard (per hour) of one effector on one target.
 
-    ``nkg2d * h(L) * (1 - w * M) + tcr * M``: NKG2D recognition is
-    MHC-independent, the missing-self weight ``w`` makes MHC loss raise NK
-    killing, and the TCR term is MHC-restricted. ``ligand_level`` is the
-    0-255 byte; ``h`` comes from the precomputed ``prm.nkg2d_signal`` table.
+    ``nkg2d_rate * h(L) * (1 - w * M) + tcr_rate * M`` with ``h(L)`` the
+    NKG2D signal of the target's ligand density and ``M`` its effective MHC-I
+    level: NKG2D recognition is MHC-independent, the missing-self weight ``w``
+    makes MHC loss raise NK killing, and the TCR term is MHC-restricted.
     """
-    h = prm.nkg2d_signal[ligand_level]
-    return (prm.nkg2d_rate[kind] * h * (1.0 - prm.missing_self[kind] * mhc_eff)
-            + prm.tcr_rate[kind] * mhc_eff)
+    return nkg2d_rate * nkg2d_signal * (1.0 - missing_self * mhc_eff) + tcr_rate * mhc_eff
+
+
+@njit(cache=True, inline="always")
+def effective_mhc(mhc_level, lost, ifn_response):
+    """MHC-I seen by effectors: the heritable level raised toward 1 by IFN-gamma,
+    0 after genetic loss (IFN-gamma cannot restore it)."""
+    if lost == 1:
+        return 0.0
+    m = mhc_level / 255.0
+    return m + (1.0 - m) * ifn_response
 
 
 @njit(cache=True, inline="always")
 def _ifn_response(ifn, half):
     return ifn / (ifn + half) if ifn > 0.0 else 0.0
-
-
-@njit(cache=True, inline="always")
-def _contact_rate(n, kind, has_granules, g, cell, ligand, mhc, fas, mhc_lost, prm):
-    """Recognition rate on site ``n`` (0 if no live, killable cell there)."""
-    if cell[n] != LIVE:
-        return 0.0
-    if not has_granules:  # Fas/FasL only: needs enough effective Fas
-        f = fas[n] / 255.0
-        if f + (1.0 - f) * g < prm.fas_threshold:
-            return 0.0
-    if mhc_lost[n] == 1:
-        m = 0.0  # genetic loss: IFN-gamma cannot restore MHC
-    else:
-        m = mhc[n] / 255.0
-        m += (1.0 - m) * g
-    return recognition_rate(kind, ligand[n], m, prm)
 
 
 # Numba drops writes made through a NamedTuple attribute inside a prange body
@@ -482,27 +501,31 @@ def _update_effector(i, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e
     if e_kills[i] < prm.kill_capacity:
         # Competing hazards over the contact neighbourhood (own site + neighbours):
         # engage with probability 1 - exp(-R dt), R the summed recognition rate,
-        # then pick the target in proportion to its rate.
-        g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
+        # the target picked in proportion to its rate (weighted reservoir, one pass).
         has_granules = e_granules[i] > 0
         if has_granules or prm.fasl[kind] != 0:
-            nc = geom.n_neighbours + 1
+            g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
+            rate_nkg2d = prm.nkg2d_rate[kind]
+            weight_self = prm.missing_self[kind]
+            rate_tcr = prm.tcr_rate[kind]
             total = 0.0
-            for k in range(nc):
-                total += _contact_rate(pos + geom.offsets[k], kind, has_granules, g, cell, ligand, mhc,
-                                       fas, mhc_lost, prm)
-            if total > 0.0 and uniform(draw(keys[4], uid)) < hazard_to_probability(total, prm.dt_sub_hours):
-                u = uniform(draw(keys[3], uid)) * total
-                acc = 0.0
-                chosen = -1
-                for k in range(nc):
-                    n = pos + geom.offsets[k]
-                    r = _contact_rate(n, kind, has_granules, g, cell, ligand, mhc, fas, mhc_lost, prm)
-                    if r > 0.0:
-                        chosen = n
-                        acc += r
-                        if u < acc:
-                            break
+            chosen = -1
+            for k in range(geom.n_neighbours + 1):
+                n = pos + geom.offsets[k]
+                if cell[n] != LIVE:
+                    continue
+                if not has_granules:  # Fas/FasL only: needs enough effective Fas
+                    f = fas[n] / 255.0
+                    if f + (1.0 - f) * g < prm.fas_threshold:
+                        continue
+                m = effective_mhc(mhc[n], mhc_lost[n], g)
+                r = recognition_rate(prm.nkg2d_signal[ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
+                if r <= 0.0:
+                    continue
+                total += r
+                if uniform(draw(keys[3], uid * 32 + k)) * total < r:
+                    chosen = n
+            if chosen >= 0 and uniform(draw(keys[4], uid)) < hazard_to_probability(total, prm.dt_sub_hours):
                 e_target[i] = chosen
                 e_mechanism[i] = MECH_PERFORIN if has_granules else MECH_FAS
                 return
@@ -706,76 +729,91 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
 
 
 # ---------------------------------------------------------------- IFN field
+@njit(cache=True, inline="always")
+def _diffuse_row(r, src, dst, cz, cy, cx, alpha, decay):
+    z = r // cy
+    y = r - z * cy
+    for x in range(cx):
+        i = (z * cy + y) * cx + x
+        c = src[i]
+        acc = 0.0
+        nb = 0
+        if x > 0:
+            acc += src[i - 1]
+            nb += 1
+        if x < cx - 1:
+            acc += src[i + 1]
+            nb += 1
+        if y > 0:
+            acc += src[i - cx]
+            nb += 1
+        if y < cy - 1:
+            acc += src[i + cx]
+            nb += 1
+        if z > 0:
+            acc += src[i - cx * cy]
+            nb += 1
+        if z < cz - 1:
+            acc += src[i + cx * cy]
+            nb += 1
+        v = (c + alpha * (acc - nb * c)) * decay
+        dst[i] = v if v > 1e-30 else 0.0  # no denormals: they are slow
+
+
 @njit(cache=True, parallel=True)
-def _diffuse(src, dst, cz, cy, cx, alpha, decay):
-    """One explicit diffusion-decay sub-step with zero-flux borders."""
+def _diffuse_parallel(src, dst, cz, cy, cx, alpha, decay):
     for r in prange(cz * cy):
-        z = r // cy
-        y = r - z * cy
-        for x in range(cx):
-            i = (z * cy + y) * cx + x
-            c = src[i]
-            acc = 0.0
-            nb = 0
-            if x > 0:
-                acc += src[i - 1]
-                nb += 1
-            if x < cx - 1:
-                acc += src[i + 1]
-                nb += 1
-            if y > 0:
-                acc += src[i - cx]
-                nb += 1
-            if y < cy - 1:
-                acc += src[i + cx]
-                nb += 1
-            if z > 0:
-                acc += src[i - cx * cy]
-                nb += 1
-            if z < cz - 1:
-                acc += src[i + cx * cy]
-                nb += 1
-            dst[i] = (c + alpha * (acc - nb * c)) * decay
+        _diffuse_row(r, src, dst, cz, cy, cx, alpha, decay)
 
 
 @njit(cache=True)
-def field_step(ifn, ifn_tmp, geom, prm):
-    """Diffuse and decay the IFN-gamma field over one step."""
+def field_step(ifn, ifn_tmp, geom, prm, parallel):
+    """Diffuse and decay the IFN-gamma field over one step (explicit, zero-flux borders)."""
     for _ in range(prm.n_field_sub):
-        _diffuse(ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+        if parallel:
+            _diffuse_parallel(ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+        else:
+            for r in range(geom.cz * geom.cy):
+                _diffuse_row(r, ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
         ifn[:] = ifn_tmp
 
 
 # ---------------------------------------------------------------- records
+@njit(cache=True, inline="always")
+def _count_row(r, cell, mhc_lost, geom, row_counts):
+    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
+    present = 0
+    lost = 0
+    dying = 0
+    for x in range(1, geom.nx + 1):
+        s = base + x
+        c = cell[s]
+        if c == LIVE:
+            if mhc_lost[s] == 1:
+                lost += 1
+            else:
+                present += 1
+        elif c == DYING:
+            dying += 1
+    row_counts[r, 0] = present
+    row_counts[r, 1] = lost
+    row_counts[r, 2] = dying
+
+
 @njit(cache=True, parallel=True)
-def _count_rows(lat, geom, row_counts):
-    ny, nx, px, py, z0 = geom.ny, geom.nx, geom.px, geom.py, geom.z0
-    for r in prange(geom.nz * ny):
-        z = r // ny + z0
-        y = r - (r // ny) * ny + 1
-        base = (z * py + y) * px
-        present = 0
-        lost = 0
-        dying = 0
-        for x in range(1, nx + 1):
-            s = base + x
-            c = lat.cell[s]
-            if c == LIVE:
-                if lat.mhc_lost[s] == 1:
-                    lost += 1
-                else:
-                    present += 1
-            elif c == DYING:
-                dying += 1
-        row_counts[r, 0] = present
-        row_counts[r, 1] = lost
-        row_counts[r, 2] = dying
+def _count_parallel(cell, mhc_lost, geom, row_counts):
+    for r in prange(geom.nz * geom.ny):
+        _count_row(r, cell, mhc_lost, geom, row_counts)
 
 
 @njit(cache=True)
-def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts):
+def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts, parallel):
     """Count populations into one row of the record table."""
-    _count_rows(lat, geom, row_counts)
+    if parallel:
+        _count_parallel(lat.cell, lat.mhc_lost, geom, row_counts)
+    else:
+        for r in range(geom.nz * geom.ny):
+            _count_row(r, lat.cell, lat.mhc_lost, geom, row_counts)
     row[:] = 0.0
     for r in range(row_counts.shape[0]):
         row[REC_TUMOUR_MHC_PRESENT] += row_counts[r, 0]
@@ -808,21 +846,26 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     ``mean_cik[step]`` is the expected number of CIK arrivals in that step;
     ``mean_ctl`` the constant expected CTL arrivals per step. After each step
     ``s`` with ``(s + 1) % record_every == 0`` the populations are written to
-    ``records[(s + 1) // record_every]``.
+    ``records[(s + 1) // record_every]``. A pass runs in parallel when it has
+    at least ``parallel_min`` work items (lattice sites, field cells, or
+    effectors of one colour class); results do not depend on it.
     """
+    lattice_parallel = geom.nz * geom.ny * geom.nx >= parallel_min
+    field_parallel = geom.cz * geom.cy * geom.cx >= parallel_min
+    effector_min = max(parallel_min // 256, 1)
     for step in range(step_begin, step_end):
         supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step,
                mean_cik[step], mean_ctl)
         tumour_propose(lat, geom, stream_key(seed, patient, step, P_TUMOUR_EVENT),
-                       prm.thr_tumour_death, prm.thr_tumour_event)
+                       prm.thr_tumour_death, prm.thr_tumour_event, lattice_parallel)
         tumour_resolve(lat, geom, stream_key(seed, patient, step, P_DIVISION_WINNER),
                        stream_key(seed, patient, step, P_INHERIT),
                        stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
-                       prm.thr_mhc_loss, prm.inherit_sd)
+                       prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
         effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
-                          class_start, parallel_min)
+                          class_start, effector_min)
         compact_effectors(eff, counters)
-        field_step(ifn, ifn_tmp, geom, prm)
+        field_step(ifn, ifn_tmp, geom, prm, field_parallel)
         if (step + 1) % record_every == 0:
             record(records[(step + 1) // record_every], lat, eff, counters, kills, arrivals,
-                   geom, prm, ifn, row_counts)
+                   geom, prm, ifn, row_counts, lattice_parallel)
