@@ -314,10 +314,11 @@ def parameter_rows(model: type[BaseModel] = Scenario, prefix: str = "",
             for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
                 bound = getattr(m, attr, None)
                 if bound is not None:
+                    text = f"{sym} {bound}" if isinstance(bound, int) else f"{sym} {bound:g}"
                     if attr in ("ge", "gt"):
-                        lo = f"{sym} {bound:g}"
+                        lo = text
                     else:
-                        hi = f"{sym} {bound:g}"
+                        hi = text
         rows.append({
             "name": path,
             "meaning": field.description or "",
