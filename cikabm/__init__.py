@@ -1,12 +1,42 @@
-"""cikabm: an agent-based simulator of tumour cells against CIK cell therapy."""
+"""cikabm: an agent-based simulator of tumour cells against CIK cell therapy.
+
+The public names load lazily, so ``import cikabm`` (and ``cikabm --help``) does
+not import Numba: the command line can still choose Numba's thread pool size
+before Numba starts.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from cikabm.params import Scenario  # noqa: E402
-from cikabm.scenario import ScenarioError, load_scenario, scenario_from_dict  # noqa: E402
-from cikabm.simulation import Results, Simulation  # noqa: E402
+_EXPORTS = {
+    "Scenario": "cikabm.params",
+    "ScenarioError": "cikabm.scenario",
+    "load_scenario": "cikabm.scenario",
+    "scenario_from_dict": "cikabm.scenario",
+    "Results": "cikabm.simulation",
+    "Simulation": "cikabm.simulation",
+}
 
-__all__ = ["Results", "Scenario", "ScenarioError", "Simulation", "__version__", "load_scenario",
-           "scenario_from_dict"]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from cikabm.params import Scenario  # noqa: F401
+    from cikabm.scenario import ScenarioError, load_scenario, scenario_from_dict  # noqa: F401
+    from cikabm.simulation import Results, Simulation  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cikabm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

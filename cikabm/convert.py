@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cikabm.kernels.core import KernelParams, hazard_to_probability, threshold as _threshold
+from cikabm.kernels.core import KernelParams, hazard_to_probability
+from cikabm.kernels.core import threshold as _threshold
 from cikabm.kernels.geometry import Geometry, make_geometry, n_sites
 from cikabm.params import KIND_KEYS, Scenario
 from cikabm.schedules import PRESET_SCHEDULES, infusion_days, mean_blood_over_steps

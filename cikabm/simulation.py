@@ -197,7 +197,7 @@ def initial_tumour_sites(scenario: Scenario, geom: Geometry, seed: int, patient:
         order = np.lexsort((flat, dist2))
     else:
         bits = np.empty(flat.shape[0], dtype=np.uint64)
-        core.hash_sites(core.stream_key(seed, patient, 0, core.P_SEED + 100), flat, bits)
+        core.hash_sites(np.uint64(core.stream_key(seed, patient, 0, core.P_SEED + 100)), flat, bits)
         order = np.argsort(bits, kind="stable")
     return np.sort(flat[order[:count]])
 
@@ -317,8 +317,8 @@ class Simulation:
         d = self.disc
         with numba_threads(self.threads) as threads:
             start = time.perf_counter()
-            snap_steps = sorted({int(round(x)) for x in np.linspace(0, d.n_steps, max(n_snapshots, 0))})
-            chunk = max(d.record_every, int(round(1.0 / d.dt_days)))  # about one simulated day
+            snap_steps = sorted({round(x) for x in np.linspace(0, d.n_steps, max(n_snapshots, 0))})
+            chunk = max(d.record_every, round(1.0 / d.dt_days))  # about one simulated day
             stops = sorted(set(range(chunk, d.n_steps, chunk)) | set(snap_steps) | {d.n_steps})
             stops = [s for s in stops if s > 0]
             snapshots = [self.snapshot()] if 0 in snap_steps else []

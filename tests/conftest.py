@@ -1,0 +1,124 @@
+"""Shared set-up of the kernel test suite.
+
+Environment first: Numba reads ``NUMBA_NUM_THREADS`` once, when it is first
+imported, so it is set here before anything imports :mod:`cikabm` (three
+threads work on a two-core machine; the determinism tests compare 1, 2 and 3).
+The OpenMP layer otherwise spin-waits between parallel regions, which makes
+many small runs slow when another process holds a core.
+
+Helpers are plain functions; test modules import them (``from conftest
+import make_scenario``) or take them as fixtures (``build_scenario``,
+``run_sim``, ``inject``):
+
+* ``make_scenario(base=None, **sections)`` builds a validated scenario from
+  nested dicts: :data:`QUIET` (a small lattice with no effector supply at
+  all), then ``base``, then ``sections``, each merged over the one before.
+* ``run_scenario(sc, seed=..., patient=..., threads=...)`` runs it and returns
+  the ``(Simulation, Results.to_frame())`` pair.
+* ``inject_effectors(sim, kind, count, granules)`` places ``count`` effectors of
+  one kind on random free sites through :func:`cikabm.kernels.core.add_effector`,
+  the only way to start with a fixed effector population.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("NUMBA_NUM_THREADS", "3")
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cikabm import Simulation, scenario_from_dict
+from cikabm.kernels import core
+from cikabm.params import Scenario
+
+#: Base of the test scenarios: a small lattice, no CIK, no endogenous CTLs,
+#: hourly records. Tests override what they need.
+QUIET: dict[str, Any] = {
+    "scenario": {"name": "test", "seed": 11},
+    "lattice": {"shape": [30, 30]},
+    "time": {"duration_days": 2.0, "dt_minutes": 10.0, "record_every_hours": 1.0},
+    "tumour": {"initial_cells": 50},
+    "homing": {"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 0.0},
+    "dosing": {"schedule": "none"},
+    "effectors": {"capacity": 20_000},
+}
+
+#: Per-kind settings that make an effector kind inert in motion (speed 0 sets
+#: the number of motility sub-steps to 1 when every kind has it).
+STILL = {"speed_um_per_min": 0.0}
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: ``override`` wins, sub-tables merge key by key."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_scenario(base: Mapping[str, Any] | None = None, **sections: Any) -> Scenario:
+    """A validated scenario: ``QUIET``, then ``base``, then ``sections`` merged over each other."""
+    return scenario_from_dict(merge(merge(QUIET, base or {}), sections))
+
+
+def run_scenario(sc: Scenario, *, seed: int | None = None, patient: int = 0,
+                 threads: int | None = 1):
+    """Run ``sc`` to its end; return ``(simulation, results.to_frame())``."""
+    sim = Simulation(sc, seed=seed, patient=patient, threads=threads)
+    res = sim.run(progress=False, n_snapshots=0)
+    return sim, res.to_frame()
+
+
+def inject_effectors(sim: Simulation, kind: int, count: int, granules: int | None = None,
+                     salt: int = 977) -> None:
+    """Place ``count`` effectors of ``kind`` on random free sites before (or between) steps."""
+    granules = sim.disc.params.granules_initial if granules is None else granules
+    key = np.uint64(core.stream_key(sim.seed, sim.patient, sim.step, salt))
+    for _ in range(count):
+        ok = core.add_effector(sim.lattice, sim.effectors, sim.counters, sim.disc.geometry,
+                               kind, granules, sim.step, key, 256)
+        assert ok, "could not place an effector"
+
+
+def live_count(sim: Simulation) -> int:
+    """Live tumour cells on the lattice now."""
+    return int(np.count_nonzero(sim.lattice.cell == core.LIVE))
+
+
+def closed_neighbourhood_sizes(sim: Simulation, sites: np.ndarray) -> np.ndarray:
+    """For each site, how many interior sites its contact neighbourhood (itself included) holds.
+
+    Effectors stand only on interior sites, so this is the number of effector
+    positions from which a cell on that site can be engaged.
+    """
+    geom = sim.disc.geometry
+    nbh = sites[:, None] + geom.offsets[None, :]
+    return (sim.lattice.cell[nbh] != core.WALL).sum(axis=1)
+
+
+@pytest.fixture
+def build_scenario():
+    """``make_scenario`` as a fixture."""
+    return make_scenario
+
+
+@pytest.fixture
+def run_sim():
+    """``run_scenario`` as a fixture."""
+    return run_scenario
+
+
+@pytest.fixture
+def inject():
+    """``inject_effectors`` as a fixture."""
+    return inject_effectors
