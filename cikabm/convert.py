@@ -51,6 +51,15 @@ class Discretisation:
         return np.arange(self.n_records) * self.record_every * self.dt_days
 
 
+def completion_in_rest_of_substep(rate: float, dt: float) -> float:
+    """Chance an engagement that began at a uniform time within a sub-step of
+    length ``dt`` completes before its end: ``1 - (1 - exp(-rate dt)) / (rate dt)``."""
+    x = rate * dt
+    if x < 1e-8:
+        return x / 2.0
+    return 1.0 - hazard_to_probability(rate, dt) / x
+
+
 def nkg2d_signal_table(half_saturation: float, hill: float) -> np.ndarray:
     """Hill response ``h(L) = L^n / (L^n + K^n)`` for the 256 ligand levels."""
     ligand = np.arange(256, dtype=np.float64) / 255.0
@@ -133,6 +142,8 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
         thr_persist=threshold(scenario.effectors.persistence),
         thr_perforin_done=threshold(hazard_to_probability(1.0 / kill.perforin_time_minutes, dt_sub_min)),
         thr_fas_done=threshold(hazard_to_probability(1.0 / kill.fas_time_hours, dt_sub_h)),
+        thr_perforin_same=threshold(completion_in_rest_of_substep(1.0 / kill.perforin_time_minutes, dt_sub_min)),
+        thr_fas_same=threshold(completion_in_rest_of_substep(1.0 / kill.fas_time_hours, dt_sub_h)),
         thr_regen=threshold(hazard_to_probability(1.0 / kill.granule_regeneration_hours, dt_sub_h)),
         fas_threshold=float(kill.fas_threshold),
         granules_max=int(kill.granules_max),

@@ -37,7 +37,7 @@ def param(default: Any, unit: str, description: str, source: str = "", **constra
 class Section(BaseModel):
     """Base of every scenario section: strict types, unknown keys rejected."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ScenarioInfo(Section):
@@ -73,8 +73,8 @@ class LatticeParams(Section):
 class TimeParams(Section):
     duration_days: float = param(60.0, "day", "Simulated time.", gt=0, le=36500)
     dt_minutes: float = param(10.0, "min", "Time step of effector motion and engagement.",
-                              "MODEL.md §1", gt=0, le=120)
-    record_every_hours: float = param(6.0, "h", "Interval between rows of the time series.", gt=0)
+                              "MODEL.md §1", ge=0.01, le=120)
+    record_every_hours: float = param(6.0, "h", "Interval between rows of the time series.", gt=0, le=876000)
 
 
 class TumourParams(Section):
@@ -145,7 +145,7 @@ class EffectorParams(Section):
         "walk", "-", "walk: persistent random walk; well_mixed: redistributed at random every sub-step "
         "(analytic check of mass-action killing).")
     capacity: int = param(200_000, "effectors", "Most effectors held at once (arrivals beyond are dropped "
-                          "and counted).", ge=1, le=2**31 - 1)
+                          "and counted).", ge=1, le=50_000_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -180,7 +180,7 @@ class KillingParams(Section):
 
 class IfnParams(Section):
     diffusion_um2_per_min: float = param(600.0, "µm²/min", "IFN-gamma diffusion coefficient in tissue.",
-                                         "cytokines ~10 µm²/s", ge=0)
+                                         "cytokines ~10 µm²/s", ge=0, le=1e5)
     half_life_hours: float = param(2.0, "h", "IFN-gamma half-life in tissue.", gt=0)
     secretion_per_hour: float = param(2.0, "units/h", "Secretion by one engaged effector into its field cell.",
                                       ge=0)
@@ -215,7 +215,7 @@ class DosingParams(Section):
                           "), 'custom' to use `phases`, or 'none' for no CIK.")
     phases: list[Phase] = Field(default_factory=list, description="Phases (count x interval) when schedule = 'custom'.")
     start_day: float = param(0.0, "day", "Time of the first infusion.", ge=0)
-    dose_cells: float = param(6.4e9, "cells", "CIK cells per infusion.", "Lee 2015: 6.4e9", ge=0)
+    dose_cells: float = param(6.4e9, "cells", "CIK cells per infusion.", "Lee 2015: 6.4e9", ge=0, le=1e13)
 
     @model_validator(mode="after")
     def _schedule_makes_sense(self) -> DosingParams:
@@ -243,9 +243,9 @@ class PersistenceParams(Section):
 class HomingParams(Section):
     cik_per_site_per_day: float = param(
         7e-14, "1/(site·day)", "Fraction of circulating CIK cells entering one lattice site per day.",
-        "calibrate; most infused cells go to lung, liver, spleen", ge=0)
+        "calibrate; most infused cells go to lung, liver, spleen", ge=0, le=1e-6)
     ctl_per_site_per_day: float = param(5e-4, "1/(site·day)", "Background arrivals of endogenous CTLs.",
-                                        "calibrate", ge=0)
+                                        "calibrate", ge=0, le=1)
 
 
 class Scenario(Section):
@@ -271,6 +271,13 @@ class Scenario(Section):
         if self.tumour.initial_cells > n_sites:
             raise ValueError(f"tumour.initial_cells = {self.tumour.initial_cells} exceeds the "
                              f"{n_sites} lattice sites")
+        steps = self.time.duration_days * 1440.0 / self.time.dt_minutes
+        if steps > 1e8:
+            raise ValueError(f"time.duration_days = {self.time.duration_days:g} at time.dt_minutes = "
+                             f"{self.time.dt_minutes:g} is {steps:.3g} steps; at most 1e8 allowed")
+        if self.time.record_every_hours > self.time.duration_days * 24.0:
+            raise ValueError(f"time.record_every_hours = {self.time.record_every_hours:g} is longer than the run "
+                             f"(time.duration_days = {self.time.duration_days:g})")
         if self.time.record_every_hours * 60.0 < self.time.dt_minutes:
             raise ValueError(f"time.record_every_hours = {self.time.record_every_hours} is shorter than "
                              f"one step (time.dt_minutes = {self.time.dt_minutes})")

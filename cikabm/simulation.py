@@ -151,7 +151,7 @@ class Results:
             "tumour_peak": int(total_tumour.max()),
             "tumour_peak_day": float(self.record_days[int(total_tumour.argmax())]),
             "tumour_final_mhc_lost": int(last["tumour_mhc_lost"]),
-            "mhc_lost_fraction_final": float(lost_fraction[-1]),
+            "mhc_lost_fraction_final": float(lost_fraction[-1]) if total_tumour[-1] > 0 else None,
             "mhc_lost_fraction_peak": float(lost_fraction.max()),
             "kills_total": int(last["kills_total"]),
             "kills_by_mechanism": {mk: int(last[f"kills_{mk}"]) for mk in MECH_KEYS},
@@ -309,8 +309,8 @@ class Simulation:
         Parameters
         ----------
         progress : bool, optional
-            Show a progress bar (default: when the run takes more than 2 s and
-            stderr is a terminal).
+            Show a progress bar (default None: when stderr is a terminal). The bar
+            appears only once the run has taken 2 s.
         n_snapshots : int
             Lattice snapshots taken at evenly spaced times, first and last included.
         """
@@ -322,8 +322,8 @@ class Simulation:
             stops = sorted(set(range(chunk, d.n_steps, chunk)) | set(snap_steps) | {d.n_steps})
             stops = [s for s in stops if s > 0]
             snapshots = [self.snapshot()] if 0 in snap_steps else []
-            bar = tqdm(total=round(d.n_steps * d.dt_days, 3), unit="day", delay=2.0,
-                       disable=(progress is False), desc=self.scenario.scenario.name, leave=False)
+            bar = tqdm(total=round(d.n_steps * d.dt_days, 3), unit="day", delay=2.0, leave=False,
+                       disable=None if progress is None else not progress, desc=self.scenario.scenario.name)
             with bar:
                 for stop in stops:
                     before = self.step

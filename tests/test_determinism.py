@@ -53,7 +53,7 @@ def test_same_seed_same_records():
     b, fb = run_scenario(sc, seed=5)
     assert_same_state(a, b)
     assert fa.equals(fb)
-    assert fa["kills_total"].iloc[-1] > 0 and fa["tumour_mhc_lost"].iloc[-1] > 0
+    assert fa["kills_total"].iloc[-1] > 0 and fa["tumour_mhc_lost"].max() > 0
 
 
 def test_different_seeds_differ():

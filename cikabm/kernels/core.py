@@ -156,6 +156,8 @@ class KernelParams(NamedTuple):
     thr_persist: np.uint64
     thr_perforin_done: np.uint64  # per sub-step
     thr_fas_done: np.uint64  # per sub-step
+    thr_perforin_same: np.uint64  # within the rest of the sub-step an engagement began in
+    thr_fas_same: np.uint64
     thr_regen: np.uint64  # per sub-step
     fas_threshold: float
     granules_max: int
@@ -227,6 +229,7 @@ def poisson(key, mean):
     if mean <= 0.0:
         return 0
     if mean > 30.0:
+        mean = min(mean, 1e15)  # far beyond any capacity; keeps the int64 cast exact
         k = np.int64(np.floor(mean + np.sqrt(mean) * normal(key, 0) + 0.5))
         return max(k, 0)
     limit = np.exp(-mean)
@@ -463,6 +466,17 @@ def _ifn_response(ifn, half):
     return ifn / (ifn + half) if ifn > 0.0 else 0.0
 
 
+@njit(cache=True, inline="always")
+def _kill(i, t, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event):
+    """Effector ``i`` kills the cell on ``t`` by ``mech``: record it, free the effector."""
+    cell[t] = DYING
+    e_event[i] = EVENT_KILL + 2 * mech + mhc_lost[t]
+    e_kills[i] += 1
+    if mech == MECH_PERFORIN:
+        e_granules[i] -= 1
+    e_target[i] = -1
+
+
 # Numba drops writes made through a NamedTuple attribute inside a prange body
 # (``state.array[i] = v`` is lost), so the per-effector update takes the arrays
 # it writes as plain arguments, unpacked outside the parallel loop.
@@ -489,12 +503,7 @@ def _update_effector(i, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e
             mech = e_mechanism[i]
             thr = prm.thr_perforin_done if mech == MECH_PERFORIN else prm.thr_fas_done
             if hit(draw(keys[1], uid), thr):
-                cell[t] = DYING
-                e_event[i] = EVENT_KILL + 2 * mech + mhc_lost[t]
-                e_kills[i] += 1
-                if mech == MECH_PERFORIN:
-                    e_granules[i] -= 1
-                e_target[i] = -1
+                _kill(i, t, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event)
             return  # engaged effectors do not move
     if e_granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
         e_granules[i] += 1
@@ -526,8 +535,15 @@ def _update_effector(i, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e
                 if uniform(draw(keys[3], uid * 32 + k)) * total < r:
                     chosen = n
             if chosen >= 0 and uniform(draw(keys[4], uid)) < hazard_to_probability(total, prm.dt_sub_hours):
+                mech = MECH_PERFORIN if has_granules else MECH_FAS
                 e_target[i] = chosen
-                e_mechanism[i] = MECH_PERFORIN if has_granules else MECH_FAS
+                e_mechanism[i] = mech
+                # The engagement began during this sub-step: the kill may already
+                # complete in the time left, so that no kill lasts a whole sub-step
+                # at least (which would make kill rates depend on dt).
+                thr = prm.thr_perforin_same if mech == MECH_PERFORIN else prm.thr_fas_same
+                if hit(draw(keys[1], uid), thr):
+                    _kill(i, chosen, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event)
                 return
     if prm.well_mixed:
         return
@@ -714,6 +730,13 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
     key_kind = stream_key(seed, patient, step, P_ARRIVAL_KIND)
     n_cik = poisson(stream_key(seed, patient, 2 * step, P_POISSON), mean_cik)
     n_ctl = poisson(stream_key(seed, patient, 2 * step + 1, P_POISSON), mean_ctl)
+    free = eff.pos.shape[0] - counters[0]
+    if n_cik + n_ctl > free:  # more than can ever be held: count the excess as dropped at once
+        excess = n_cik + n_ctl - free
+        counters[2] += excess
+        cut_ctl = min(n_ctl, excess)
+        n_ctl -= cut_ctl
+        n_cik -= excess - cut_ctl
     for a in range(n_cik + n_ctl):
         if a < n_cik:
             u = uniform(draw(key_kind, counters[1]))

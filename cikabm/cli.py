@@ -1,0 +1,368 @@
+"""The ``cikabm`` command: a thin layer over the Python API.
+
+::
+
+    cikabm run SCENARIO --out DIR [--seed N] [--threads N] [--no-progress] [--snapshots N]
+    cikabm validate SCENARIO
+    cikabm params [--format markdown|csv]
+
+Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
+a bad option value, an output path that cannot be used), with a message on
+stderr and nothing written; 1 when writing the results fails; 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cikabm import __version__
+
+#: Files ``cikabm run`` writes; an existing output directory holding nothing
+#: else (or nothing at all) may be replaced.
+OUTPUT_FILES = ("timeseries.csv", "summary.json", "scenario.toml", "populations.png", "snapshots.png")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(Exception):
+    """A problem the user can fix: reported on stderr, exit status 2, no traceback."""
+
+
+# --------------------------------------------------------------------------- argument types
+
+def _int_in(name: str, lo: int, hi: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: not a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            top = "2**63 - 1" if hi == 2**63 - 1 else str(hi)
+            bound = f"between {lo} and {top}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"invalid value {value}: must be {bound}")
+        return value
+
+    parse.__name__ = name.lstrip("-")
+    return parse
+
+
+def _thread_limit() -> int:
+    """Most threads ``--threads`` may ask for.
+
+    Once Numba is imported its thread pool has a fixed size; before that, the
+    pool can still be sized (``NUMBA_NUM_THREADS`` if set, else the CPU count).
+    """
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        return int(numba.config.NUMBA_NUM_THREADS)
+    env = os.environ.get("NUMBA_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+
+
+def _threads(text: str) -> int:
+    return _int_in("--threads", 1, _thread_limit())(text)
+
+
+def _size_thread_pool(threads: int | None) -> None:
+    """Give Numba a pool of exactly ``threads`` threads if it has not started yet."""
+    if threads is not None and "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+
+
+# --------------------------------------------------------------------------- parser
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs (they are wrapped by :func:`_wrap`)."""
+
+
+def _wrap(*paragraphs: str) -> str:
+    return "\n\n".join(p if "\n" in p or p.startswith("  ") else textwrap.fill(p, 78) for p in paragraphs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cikabm`` command."""
+    parser = argparse.ArgumentParser(
+        prog="cikabm",
+        description="Agent-based simulation of tumour cells against CIK cell therapy.",
+        epilog=_wrap("Run `cikabm COMMAND --help` for the options of a command.",
+                     "Exit status: 0 success; 2 a bad scenario or option (nothing written); 1 the results "
+                     "could not be written; 130 interrupted."),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run", help="run a scenario and write its results",
+        description=_wrap("Run a scenario and write, atomically, DIR/timeseries.csv, DIR/summary.json, "
+                          "DIR/scenario.toml (a copy of the input), DIR/populations.png and "
+                          "DIR/snapshots.png. A failed or interrupted run writes nothing."),
+        epilog=_wrap("An existing DIR is replaced only when it is empty or holds nothing but the files "
+                     "of an earlier run (" + ", ".join(OUTPUT_FILES) + ").",
+                     "example:\n  cikabm run scenarios/teaching_mhc_loss.toml --out results/teaching"),
+        formatter_class=_Formatter)
+    run.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
+    run.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    run.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
+                     help="random seed (default: the scenario's scenario.seed)")
+    run.add_argument("--threads", metavar="N", type=_threads, default=None,
+                     help="Numba threads; results do not depend on it (default: one per CPU core)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--snapshots", metavar="N", type=_int_in("--snapshots", 0, 24), default=4,
+                     help="lattice snapshots to take, evenly spaced, first and last day included "
+                          "(0: none; default: 4)")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser(
+        "validate", help="check a scenario file",
+        description=_wrap("Check a scenario file: print a one-line description and exit 0, or list "
+                          "every problem (each naming the field and the value) and exit 2."),
+        formatter_class=_Formatter)
+    val.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
+    val.set_defaults(func=cmd_validate)
+
+    par = sub.add_parser(
+        "params", help="print the parameter reference",
+        description=_wrap("Print every scenario parameter with its meaning, unit, default, allowed "
+                          "range and source (the markdown is docs/parameters.md)."),
+        formatter_class=_Formatter)
+    par.add_argument("--format", choices=("markdown", "csv"), default="markdown",
+                     help="output format (default: markdown)")
+    par.set_defaults(func=cmd_params)
+    return parser
+
+
+# --------------------------------------------------------------------------- output
+
+def _write_stdout(text: str) -> None:
+    """Write to stdout, falling back to UTF-8 bytes where the console cannot encode µ or ≥."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.flush()
+
+
+def _error(message: str) -> None:
+    print(f"cikabm: error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- commands
+
+def _describe(scenario: Any) -> str:
+    """One line: dimensions, lattice, steps and schedule of a validated scenario."""
+    from cikabm.convert import kernel_parameters, scheduled_infusions
+
+    disc = kernel_parameters(scenario)
+    shape = "x".join(str(n) for n in scenario.lattice.shape)
+    dosing = scenario.dosing
+    if dosing.schedule == "none":
+        schedule = "schedule none (no CIK)"
+    else:
+        planned = len(scheduled_infusions(scenario))
+        given = len(disc.infusion_days)
+        schedule = (f"schedule {dosing.schedule}: {given} of {planned} infusions within the run, "
+                    f"from day {dosing.start_day:g}, {dosing.dose_cells:.3g} cells each")
+    return (f"{scenario.dims}D {shape}, {disc.n_steps} steps of {scenario.time.dt_minutes:g} min "
+            f"({scenario.time.duration_days:g} days), {schedule}")
+
+
+def _too_big(source: Path, scenario: Any) -> UserError:
+    steps = scenario.time.duration_days * 1440.0 / scenario.time.dt_minutes
+    return UserError(f"{source}: not enough memory for this scenario (lattice.shape = "
+                     f"{scenario.lattice.shape}, effectors.capacity = {scenario.effectors.capacity}, "
+                     f"{steps:.3g} steps of time.dt_minutes = {scenario.time.dt_minutes:g})")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``cikabm validate``: check a scenario file."""
+    from cikabm.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    try:
+        description = _describe(scenario)
+    except MemoryError:
+        raise _too_big(args.scenario, scenario) from None
+    _write_stdout(f"OK: {scenario.scenario.name} ({description})\n")
+    return EXIT_OK
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """``cikabm params``: print the parameter reference."""
+    from cikabm.params import parameter_reference, parameter_rows
+
+    if args.format == "csv":
+        rows = parameter_rows()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_stdout(buf.getvalue())
+    else:
+        _write_stdout(parameter_reference())
+    return EXIT_OK
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that cannot be (re)placed, before any work is done.
+
+    Raises
+    ------
+    UserError
+        If ``out`` is a file, a link, a directory holding anything but the
+        files of an earlier run, or lies under a file or a directory that
+        cannot be written.
+    """
+    if out.absolute().name in ("", ".", ".."):
+        raise UserError(f"--out {out}: give a directory with a name of its own, e.g. {out}/results")
+    if out.is_symlink():
+        raise UserError(f"--out {out}: is a symbolic link; give a real directory path")
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out}: exists and is not a directory")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UserError(f"--out {out}: directory exists and holds files that are not cikabm results "
+                            f"({shown}); refusing to replace it. Choose a new directory or empty it")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"--out {out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in {ancestor} (permission denied)")
+
+
+def run_summary_text(results: Any, out: Path | None = None) -> str:
+    """A short human-readable summary of a run (what ``cikabm run`` prints)."""
+    from cikabm.params import KIND_KEYS, KIND_LABELS
+
+    s = results.summary()
+    lines = [f"{s['scenario']} (seed {s['seed']}): {s['duration_days']:g} days, "
+             f"{len(s['infusion_days'])} infusion(s), {s['performance']['wall_seconds']:.1f} s"]
+    final = s["tumour_final"]
+    lost_final = (f"{100 * s['mhc_lost_fraction_final']:.1f} %" if final else "n/a (no tumour cell left)")
+    lines.append(f"tumour cells: {s['tumour_initial']:,} at start, peak {s['tumour_peak']:,} on day "
+                 f"{s['tumour_peak_day']:g}, {final:,} at the end")
+    peak_lost = 100 * s["mhc_lost_fraction_peak"]
+    lines.append(f"MHC-I-lost fraction: {lost_final} at the end, peak {peak_lost:.1f} %")
+    width = max(len(v) for v in KIND_LABELS.values())
+    lines.append(f"kills by effector kind{'':<{width - 20}}   kills   of which MHC-I-lost")
+    for key in KIND_KEYS:
+        k = s["kills_by_kind"][key]
+        frac = k["fraction_of_kills_on_mhc_lost"]
+        share = f"({100 * frac:.1f} %)" if frac is not None else ""
+        lines.append(f"  {KIND_LABELS[key]:<{width}} {k['kills']:>7,}   "
+                     f"{k['kills_of_mhc_lost_cells']:>7,} {share}")
+    mech = s["kills_by_mechanism"]
+    lines.append(f"  {'all':<{width}} {s['kills_total']:>7,}   (perforin/granzyme {mech['perforin']:,}, "
+                 f"Fas/FasL {mech['fas']:,})")
+    if s["arrivals_dropped"]:
+        lines.append(f"warning: {s['arrivals_dropped']:,} effector arrivals dropped "
+                     "(effectors.capacity reached)")
+    if out is not None:
+        lines.append(f"results written to {out}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``cikabm run``: run a scenario, write its results atomically."""
+    _size_thread_pool(args.threads)
+    from cikabm.io import write_output_dir
+    from cikabm.scenario import load_scenario
+    from cikabm.simulation import Simulation
+
+    scenario = load_scenario(args.scenario)
+    source_bytes = args.scenario.read_bytes()
+    out: Path = args.out
+    check_output_dir(out)
+    try:
+        sim = Simulation(scenario, seed=args.seed, threads=args.threads)
+    except MemoryError:
+        raise _too_big(args.scenario, scenario) from None
+    progress = False if (args.no_progress or not sys.stderr.isatty()) else True
+    results = sim.run(progress=progress, n_snapshots=args.snapshots)
+
+    def writer(tmp: Path) -> None:
+        write_results(results, tmp, scenario_source=source_bytes)
+
+    try:
+        write_output_dir(out, writer)
+    except OSError as err:
+        _error(f"could not write the results to {out}: {err}")
+        return EXIT_FAILED
+    _write_stdout(run_summary_text(results, out))
+    return EXIT_OK
+
+
+def write_results(results: Any, directory: Path, *, scenario_source: bytes | None = None) -> list[Path]:
+    """Write a run's files into an existing ``directory`` (see ``cikabm run --help``).
+
+    ``timeseries.csv`` depends only on the scenario and seed (never on timing
+    or threads), so it is byte-identical between runs of the same scenario.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from cikabm.io import atomic_write_json
+    from cikabm.plotting import save_run_figures
+
+    directory = Path(directory)
+    files = []
+    path = directory / "timeseries.csv"
+    results.to_frame().to_csv(path, index=False, lineterminator="\n")
+    files.append(path)
+    summary = results.summary()
+    summary["kills_table"] = results.kills_table().reset_index().to_dict(orient="records")
+    summary["scenario_parameters"] = results.scenario.model_dump(mode="json")
+    files.append(atomic_write_json(directory / "summary.json", summary))
+    if scenario_source is not None:
+        path = directory / "scenario.toml"
+        path.write_bytes(scenario_source)
+        files.append(path)
+    files.extend(save_run_figures(results, directory))
+    return files
+
+
+# --------------------------------------------------------------------------- entry point
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cikabm`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    from cikabm.scenario import ScenarioError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ScenarioError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted; nothing written")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

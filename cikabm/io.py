@@ -1,0 +1,224 @@
+"""Atomic output: a run's directory, and single files, appear whole or not at all.
+
+:func:`write_output_dir` fills a hidden temporary sibling of the target
+directory and renames it into place only once every file is written, so a
+failed or interrupted run never leaves a partial output directory behind.
+:func:`atomic_write_text` and :func:`atomic_write_json` do the same for one
+file (write a temporary sibling, then :func:`os.replace`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_write_json", "atomic_write_text", "to_jsonable", "write_output_dir"]
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """Ancestors of ``path`` that do not exist yet, outermost first."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing[::-1]
+
+
+def _remove_created_dirs(created: list[Path]) -> None:
+    """Remove directories this module created, innermost first, if still empty."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def write_output_dir(out: str | os.PathLike[str], writer: Callable[[Path], None], *,
+                     overwrite: bool = True) -> Path:
+    """Create (or replace) directory ``out`` atomically, filled by ``writer``.
+
+    ``writer`` receives a fresh, empty temporary directory beside ``out`` (same
+    parent, named ``.{name}.tmp-XXXX``) and writes every output file into it.
+    Only when it returns is the directory renamed into place. If ``out``
+    already exists it is first moved aside to a hidden trash sibling, the new
+    directory takes its place, and the old one is then deleted.
+
+    Parameters
+    ----------
+    out : str or path-like
+        The output directory. Missing parent directories are created (and
+        removed again if the writer fails).
+    writer : callable
+        ``writer(tmpdir)`` fills ``tmpdir`` (a :class:`~pathlib.Path`).
+    overwrite : bool, default True
+        Replace an existing directory ``out``. If False an existing ``out``
+        raises :class:`FileExistsError` before ``writer`` is called.
+
+    Returns
+    -------
+    Path
+        ``out``, now holding exactly what ``writer`` wrote.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` exists and is not a directory (or is a symbolic link), or
+        exists and ``overwrite`` is False.
+    Exception
+        Whatever ``writer`` raises. Then the temporary directory is removed and
+        ``out`` is left as it was: never a partial output directory.
+
+    Notes
+    -----
+    Each rename is atomic on POSIX file systems; replacing an existing
+    directory takes two renames, between which ``out`` is briefly absent (the
+    old contents are restored if the second rename fails). The new directory
+    gets the usual permissions (``0o777`` less the umask), not the private
+    ones of a temporary directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> def writer(d):
+    ...     (d / "a.txt").write_text("hello")
+    >>> write_output_dir(root / "run", writer).joinpath("a.txt").read_text()
+    'hello'
+    """
+    out = Path(out).absolute()
+    if out.name in ("", ".", ".."):
+        raise ValueError(f"output directory {str(out)!r} has no name of its own")
+    if out.exists() or out.is_symlink():
+        if out.is_symlink():
+            raise FileExistsError(f"{out} is a symbolic link; give the real directory")
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a directory")
+        if not overwrite:
+            raise FileExistsError(f"{out} exists (overwrite=False)")
+    parent = out.parent
+    created = _missing_ancestors(out)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except BaseException:
+        _remove_created_dirs(created)
+        raise
+    try:
+        writer(tmp)
+        tmp.chmod(0o777 & ~_umask())
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created_dirs(created)
+        raise
+    return out
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Rename directory ``new`` to ``out``, replacing (then deleting) an existing ``out``."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    trash_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.trash-", dir=out.parent))
+    trash = trash_root / out.name
+    try:
+        os.rename(out, trash)
+    except BaseException:
+        trash_root.rmdir()
+        raise
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(trash, out)  # put the old directory back
+        trash_root.rmdir()
+        raise
+    shutil.rmtree(trash_root, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary sibling, then :func:`os.replace`.
+
+    Readers see either the old file or the complete new one, never a part.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; its directory must exist.
+    text : str
+        The content. Newlines are written as given (no translation).
+    encoding : str, default "utf-8"
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars and arrays, paths, tuples and sets into plain JSON types.
+
+    Non-finite floats become ``None`` (JSON has no NaN or infinity).
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as strict JSON (see :func:`to_jsonable`) to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; its directory must exist.
+    obj : object
+        Dicts, lists, numbers, strings, bools, None, numpy values.
+    indent : int, default 2
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    text = json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)

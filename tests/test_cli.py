@@ -1,0 +1,269 @@
+"""The ``cikabm`` command: outputs, exit statuses, messages, and nothing written on errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import pandas as pd
+import pytest
+
+from cikabm import __version__
+from cikabm.cli import OUTPUT_FILES, main
+from cikabm.params import KIND_KEYS, parameter_rows
+
+TINY = """\
+[scenario]
+name = "tiny"
+seed = 3
+
+[lattice]
+shape = [40, 40]
+
+[time]
+duration_days = 3.0
+record_every_hours = 6.0
+
+[tumour]
+initial_cells = 40
+mhc_loss_per_division = 0.1
+
+[homing]
+cik_per_site_per_day = 2e-12
+ctl_per_site_per_day = 1e-3
+
+[dosing]
+schedule = "lee2015"
+start_day = 1.0
+"""
+
+BAD = """\
+[scenario]
+name = "bad"
+
+[tumour]
+division_rate_per_day = -0.5
+colour = "blue"
+
+[time]
+duration_days = "ten"
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD, encoding="utf-8")
+    return path
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _run(scenario: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(scenario), "--out", str(out), "--no-progress", *extra])
+
+
+# --------------------------------------------------------------------------- run
+
+def test_run_writes_all_files(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "results" / "tiny"
+    assert _run(tiny, out, "--threads", "1") == 0
+    assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)
+    assert sorted(os.listdir(tmp_path)) == ["results", "tiny.toml"]  # no temp dirs left
+    assert os.listdir(tmp_path / "results") == ["tiny"]
+
+    frame = pd.read_csv(out / "timeseries.csv")
+    for col in ("time_days", "tumour_total", "tumour_mhc_present", "tumour_mhc_lost", "blood_cik_cells",
+                "infusions_given", "kills_perforin", "kills_fas", *(f"kills_{k}" for k in KIND_KEYS)):
+        assert col in frame.columns
+    assert frame["time_days"].iloc[-1] == pytest.approx(3.0)
+    assert frame["infusions_given"].iloc[-1] == 1
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["scenario"] == "tiny" and summary["seed"] == 3
+    assert summary["scenario_parameters"]["lattice"]["shape"] == [40, 40]
+    assert [row["kind"] for row in summary["kills_table"]] == list(KIND_KEYS)
+    assert summary["kills_total"] == int(frame["kills_total"].iloc[-1])
+    assert (out / "scenario.toml").read_text(encoding="utf-8") == TINY
+    for png in ("populations.png", "snapshots.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    printed = capsys.readouterr().out
+    assert "tiny (seed 3)" in printed
+    assert "CD3+CD56+ (T-NK)" in printed and "MHC-I-lost" in printed
+    assert str(out) in printed
+
+
+def test_summary_reloads_as_the_same_scenario(tiny: Path, tmp_path: Path):
+    from cikabm import load_scenario, scenario_from_dict
+
+    out = tmp_path / "out"
+    assert _run(tiny, out) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert scenario_from_dict(summary["scenario_parameters"]) == load_scenario(tiny)
+
+
+def test_run_seed_override_and_no_snapshots(tiny: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert _run(tiny, out, "--seed", "11", "--snapshots", "0") == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 11
+    assert not (out / "snapshots.png").exists()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
+def test_timeseries_byte_identical_across_threads(tiny: Path, tmp_path: Path):
+    assert _run(tiny, tmp_path / "t1", "--threads", "1") == 0
+    assert _run(tiny, tmp_path / "t2", "--threads", "2") == 0
+    one, two = (tmp_path / d / "timeseries.csv" for d in ("t1", "t2"))
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_run_replaces_previous_results(tiny: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert _run(tiny, out, "--seed", "1") == 0
+    assert _run(tiny, out, "--seed", "2", "--snapshots", "0") == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 2
+    assert not (out / "snapshots.png").exists()  # the old file went with the old directory
+    assert sorted(os.listdir(tmp_path)) == ["out", "tiny.toml"]
+
+
+def test_run_bad_scenario_writes_nothing(bad: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    before = _listing(tmp_path)
+    assert _run(bad, tmp_path / "deep" / "out") == 2
+    assert _listing(tmp_path) == before
+    err = capsys.readouterr().err
+    assert "tumour.division_rate_per_day" in err
+    assert "Traceback" not in err
+
+
+def test_run_missing_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert _run(tmp_path / "nope.toml", tmp_path / "out") == 2
+    assert "file not found" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_run_out_is_a_file(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    target = tmp_path / "taken"
+    target.write_text("precious")
+    assert _run(tiny, target) == 2
+    err = capsys.readouterr().err
+    assert f"--out {target}" in err and "not a directory" in err
+    assert target.read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == ["taken", "tiny.toml"]
+
+
+def test_run_refuses_a_directory_of_other_files(tiny: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("do not delete")
+    assert _run(tiny, target) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "thesis.tex" in err
+    assert os.listdir(target) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--threads", "0"), ("--threads", "99999"),
+                                               ("--threads", "two"), ("--seed", "-3"), ("--snapshots", "-1")])
+def test_run_bad_option_values(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               option: str, value: str):
+    with pytest.raises(SystemExit) as exc:
+        _run(tiny, tmp_path / "out", option, value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and value in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- validate
+
+def test_validate_ok(tiny: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["validate", str(tiny)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("OK: tiny (2D 40x40, 432 steps of 10 min")
+    assert "lee2015" in line
+
+
+def test_validate_lists_every_problem(bad: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    before = _listing(tmp_path)
+    assert main(["validate", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    problems = [line for line in captured.err.splitlines() if line.strip().startswith("- ")]
+    assert len(problems) == 3, captured.err
+    text = "\n".join(problems)
+    assert "tumour.division_rate_per_day = -0.5" in text
+    assert "time.duration_days = 'ten'" in text
+    assert "'colour'" in text and "[tumour]" in text and "'blue'" in text
+    assert str(bad) in captured.err
+    assert _listing(tmp_path) == before
+
+
+def test_validate_not_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "x.toml"
+    path.write_text("[tumour\ninitial_cells = 3\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- params, help, version
+
+@pytest.mark.parametrize("fmt", ["markdown", "csv"])
+def test_params_lists_every_field(fmt: str, capsys: pytest.CaptureFixture[str]):
+    assert main(["params", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    for row in parameter_rows():
+        assert row["name"] in out
+
+
+def test_params_markdown_is_the_reference(capsys: pytest.CaptureFixture[str]):
+    from cikabm.params import parameter_reference
+
+    assert main(["params"]) == 0
+    assert capsys.readouterr().out == parameter_reference()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["params"]])
+def test_help(command: list[str], capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cikabm")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cikabm {__version__}"
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "usage: cikabm" in capsys.readouterr().err
+
+
+def test_console_script(bad: Path):
+    """The installed entry point runs main() and returns its status."""
+    proc = subprocess.run([sys.executable, "-c", "import sys; from cikabm.cli import main; sys.exit(main())",
+                           "validate", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "tumour.division_rate_per_day" in proc.stderr
