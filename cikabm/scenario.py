@@ -85,11 +85,12 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return problems
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested merge of scenario tables: ``override`` wins, sub-tables merge key by key."""
+    out = copy.deepcopy(dict(base))
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -146,5 +147,5 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(source, [f"not valid TOML: {err}"]) from None
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_tables(data, overrides)
     return scenario_from_dict(data, source)

@@ -22,7 +22,6 @@ import make_scenario``) or take them as fixtures (``build_scenario``,
 
 from __future__ import annotations
 
-import copy
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -37,6 +36,7 @@ import pytest
 from cikabm import Simulation, scenario_from_dict
 from cikabm.kernels import core
 from cikabm.params import Scenario
+from cikabm.scenario import merge_tables
 
 #: Base of the test scenarios: a small lattice, no CIK, no endogenous CTLs,
 #: hourly records. Tests override what they need.
@@ -55,15 +55,7 @@ QUIET: dict[str, Any] = {
 STILL = {"speed_um_per_min": 0.0}
 
 
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict merge: ``override`` wins, sub-tables merge key by key."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+merge = merge_tables
 
 
 def make_scenario(base: Mapping[str, Any] | None = None, **sections: Any) -> Scenario:
