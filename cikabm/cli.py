@@ -130,6 +130,58 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
     val.set_defaults(func=cmd_validate)
 
+    tri = sub.add_parser(
+        "trial", help="run a virtual trial: every virtual patient in every arm",
+        description=_wrap("Run a virtual trial and write DIR/patients.parquet (one row per patient and "
+                          "arm: times, event flags, infusions received, covariates), DIR/summary.json "
+                          "(per endpoint and arm: median with 95 % CI; per comparison: hazard ratio with "
+                          "95 % CI and log-rank p) and Kaplan-Meier plots DIR/km_<endpoint>.png.",
+                          "Patients run in parallel on Dask distributed: a local cluster of --workers "
+                          "processes, or the cluster behind --scheduler. Finished patients are kept in "
+                          "DIR/.chunks; after a crash, the same command with --resume finishes the "
+                          "trial without redoing them, and the results equal those of an uninterrupted "
+                          "run."),
+        epilog=_wrap("example:\n  cikabm trial scenarios/hcc_adjuvant_lee2015.toml --out results/lee2015"),
+        formatter_class=_Formatter)
+    tri.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
+    tri.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    tri.add_argument("--patients", metavar="N", type=_int_in("--patients", 1, 1_000_000), default=None,
+                     help="virtual patients (default: the scenario's trial.patients)")
+    tri.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
+                     help="random seed (default: the scenario's scenario.seed)")
+    tri.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
+                     help="worker processes of the local Dask cluster (default: one per CPU core; "
+                          "1 runs in this process); results do not depend on it")
+    tri.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    tri.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
+    tri.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tri.set_defaults(func=cmd_trial)
+
+    cal = sub.add_parser(
+        "calibrate", help="fit an adjuvant trial to a control median RFS and an RFS hazard ratio",
+        description=_wrap(
+            "Fit adjuvant.escape_physical_cells to the control arm's median RFS, then "
+            "homing.cik_per_site_per_day to the RFS hazard ratio of the treated arm, by bisection on "
+            "the same virtual cohort (see cikabm/calibrate.py). Prints the fitted values as TOML to "
+            "paste into the scenario, and writes the search history to --log."),
+        epilog=_wrap("example:\n  cikabm calibrate scenarios/hcc_adjuvant_lee2015.toml --control-median 30 "
+                     "--hr 0.63 --treatment-arm cik"),
+        formatter_class=_Formatter)
+    cal.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
+    cal.add_argument("--control-median", metavar="MONTHS", type=float, required=True,
+                     help="target median RFS of the reference arm")
+    cal.add_argument("--hr", metavar="HR", type=float, required=True, help="target RFS hazard ratio")
+    cal.add_argument("--treatment-arm", metavar="NAME", required=True, help="the treated arm")
+    cal.add_argument("--patients", metavar="N", type=_int_in("--patients", 10, 1_000_000), default=None,
+                     help="cohort size (default: trial.patients)")
+    cal.add_argument("--iterations", metavar="N", type=_int_in("--iterations", 1, 30), default=7,
+                     help="bisection steps per parameter (default: 7)")
+    cal.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
+                     help="worker processes (default: one per CPU core)")
+    cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
+    cal.set_defaults(func=cmd_calibrate)
+
     par = sub.add_parser(
         "params", help="print the parameter reference",
         description=_wrap("Print every scenario parameter with its meaning, unit, default, allowed "
@@ -280,10 +332,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``cikabm run``: run a scenario, write its results atomically."""
     _size_thread_pool(args.threads)
     from cikabm.io import write_output_dir
+    from cikabm.params import Scenario
     from cikabm.scenario import load_scenario
     from cikabm.simulation import Simulation
 
     scenario = load_scenario(args.scenario)
+    if type(scenario) is not Scenario:
+        raise UserError(f"{args.scenario} is a trial scenario (it has a [trial] table): run it with "
+                        f"`cikabm trial {args.scenario} --out DIR`")
     source_bytes = args.scenario.read_bytes()
     out: Path = args.out
     check_output_dir(out)
@@ -304,6 +360,80 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _write_stdout(run_summary_text(results, out))
     return EXIT_OK
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    """``cikabm trial``: run a virtual trial."""
+    from cikabm.scenario import load_scenario
+    from cikabm.trial import run_trial
+    from cikabm.trial_params import TrialScenario
+
+    ts = load_scenario(args.scenario, model=TrialScenario)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    progress = False if (args.no_progress or not sys.stderr.isatty()) else True
+    try:
+        run = run_trial(ts, out, patients=args.patients, seed=args.seed, workers=args.workers,
+                        scheduler=args.scheduler, resume=args.resume, progress=progress)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    _write_stdout(trial_summary_text(run.summary, out))
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``cikabm calibrate``: fit an adjuvant trial to RFS targets."""
+    import contextlib
+
+    from cikabm.calibrate import calibrate_adjuvant
+    from cikabm.io import atomic_write_json, to_jsonable
+    from cikabm.scenario import load_scenario
+    from cikabm.trial import CohortRunner, dask_client
+    from cikabm.trial_params import TrialScenario
+
+    ts = load_scenario(args.scenario, model=TrialScenario)
+    arms = [a.name for a in ts.arms]
+    if args.treatment_arm not in arms or args.treatment_arm == ts.trial.reference_arm:
+        raise UserError(f"--treatment-arm {args.treatment_arm!r}: must be one of the arms {arms} other than "
+                        f"the reference arm {ts.trial.reference_arm!r}")
+    if ts.trial.setting != "adjuvant":
+        raise UserError(f"{args.scenario}: calibrate fits adjuvant trials (trial.setting = 'adjuvant')")
+    context = (contextlib.nullcontext(None) if args.workers == 1 else dask_client(args.workers))
+    with context as client:
+        result = calibrate_adjuvant(ts, CohortRunner(client), control_median_months=args.control_median,
+                                    hazard_ratio=args.hr, treatment_arm=args.treatment_arm,
+                                    n_patients=args.patients, iterations=args.iterations,
+                                    report=lambda line: _write_stdout(line + "\n"))
+    if args.log is not None:
+        atomic_write_json(args.log, to_jsonable(result.__dict__))
+    _write_stdout(
+        f"fitted ({args.iterations} bisection steps each, {args.patients or ts.trial.patients} patients, "
+        f"seed {ts.scenario.seed}): control median RFS {result.control_median_months}, "
+        f"{args.treatment_arm} median RFS {result.treatment_median_months}, HR {result.hazard_ratio}\n"
+        f"[adjuvant]\nescape_physical_cells = {result.escape_physical_cells:.4g}\n"
+        f"[homing]\ncik_per_site_per_day = {result.cik_per_site_per_day:.4g}\n")
+    return EXIT_OK
+
+
+def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
+    """Medians and hazard ratios of a finished trial, for the terminal."""
+    lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
+             f"{len(summary['arms'])} arms, {summary['setting']} setting"]
+
+    def fmt(x: Any, spec: str = ".1f") -> str:
+        return "NR" if x is None else format(x, spec)
+
+    for endpoint, result in summary["endpoints"].items():
+        lines.append(f"{endpoint.upper()}:")
+        for arm, a in result["arms"].items():
+            lines.append(f"  {arm:<12} median {fmt(a['median_months'])} months "
+                         f"(95 % CI {fmt(a['ci_low'])}-{fmt(a['ci_high'])}), {a['events']} events in {a['n']}")
+        for name, c in result.get("comparisons", {}).items():
+            lines.append(f"  {name}: HR {fmt(c['hr'], '.2f')} (95 % CI {fmt(c['hr_ci_low'], '.2f')}-"
+                         f"{fmt(c['hr_ci_high'], '.2f')}), log-rank p {fmt(c['logrank_p'], '.3g')}")
+    lines.append(f"results written to {out}")
+    return "\n".join(lines) + "\n"
 
 
 def write_results(results: Any, directory: Path, *, scenario_source: bytes | None = None) -> list[Path]:

@@ -33,8 +33,8 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _field_unit(loc: tuple[Any, ...]) -> str:
-    model: Any = Scenario
+def _field_unit(loc: tuple[Any, ...], root: type[BaseModel] = Scenario) -> str:
+    model: Any = root
     field = None
     for part in loc:
         if isinstance(part, int):
@@ -58,7 +58,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_validation_error(err: ValidationError) -> list[str]:
+def format_validation_error(err: ValidationError, root: type[BaseModel] = Scenario) -> list[str]:
     """One readable line per pydantic error, naming the field and the value."""
     problems = []
     for e in err.errors():
@@ -72,7 +72,7 @@ def format_validation_error(err: ValidationError) -> list[str]:
         path = _loc_to_path(loc) or "scenario"
         msg = e.get("msg", "invalid")
         msg = msg.removeprefix("Value error, ")
-        unit = _field_unit(loc)
+        unit = _field_unit(loc, root)
         unit_note = f" (unit: {unit})" if unit else ""
         if kind == "missing":
             problems.append(f"{path}: required but missing{unit_note}")
@@ -96,7 +96,8 @@ def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
     return out
 
 
-def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
+                       model: type[Scenario] = Scenario) -> Scenario:
     """Validate a nested mapping (as read from TOML) into a :class:`Scenario`.
 
     Raises
@@ -107,14 +108,15 @@ def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scena
     if not isinstance(data, Mapping):
         raise ScenarioError(source, [f"a scenario must be a table of sections, got {_short(data)}"])
     try:
-        return Scenario.model_validate(dict(data))
+        return model.model_validate(dict(data))
     except ValidationError as err:
-        raise ScenarioError(source, format_validation_error(err)) from None
+        raise ScenarioError(source, format_validation_error(err, model)) from None
     except (TypeError, ValueError, OverflowError) as err:  # defensive: never a traceback
         raise ScenarioError(source, [f"invalid scenario: {err}"]) from None
 
 
-def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                  model: type[Scenario] | None = None) -> Scenario:
     """Read and validate a TOML scenario file.
 
     Parameters
@@ -124,6 +126,10 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     overrides : mapping, optional
         Nested values merged over the file before validation, e.g.
         ``{"scenario": {"seed": 3}}``.
+    model : type, optional
+        The scenario class; default :class:`~cikabm.params.Scenario`, or
+        :class:`~cikabm.trial_params.TrialScenario` when the file has a
+        ``[trial]`` table.
 
     Returns
     -------
@@ -148,4 +154,11 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
         raise ScenarioError(source, [f"not valid TOML: {err}"]) from None
     if overrides:
         data = merge_tables(data, overrides)
-    return scenario_from_dict(data, source)
+    if model is None:
+        if "trial" in data:
+            from cikabm.trial_params import TrialScenario
+
+            model = TrialScenario
+        else:
+            model = Scenario
+    return scenario_from_dict(data, source, model=model)

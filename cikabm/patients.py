@@ -1,0 +1,123 @@
+"""Virtual patients: covariates drawn per patient, and one patient's course in one arm.
+
+Every draw for patient ``i`` comes from a generator keyed on
+``(seed, i, purpose)``, and the lattice kernel is keyed on the same patient id,
+so a patient has the same covariates and the same tumour in every arm until
+treatment differs (common random numbers), whatever the worker that runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from cikabm.params import Scenario
+from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
+
+#: Purposes of the per-patient generators (never reuse a number).
+_COVARIATES = 1
+_OUTCOMES = 2
+
+#: Kernel patient keys: focus ``f`` of patient ``i`` is ``i * FOCI_KEY_STRIDE + f``.
+FOCI_KEY_STRIDE = 128
+
+
+@dataclass(frozen=True)
+class VirtualPatient:
+    """Covariates and outcome draws of one virtual patient (the same in every arm)."""
+
+    patient_id: int
+    doubling_time_days: float
+    primary_size_cm: float
+    n_foci: int
+    ligand_mean: float
+    mhc_loss_per_division: float
+    homing_scale: float
+    product_yield: float
+    manufacturing_failed: bool
+    censor_months: float
+    other_death_months: float
+    post_event_months: float
+
+    @property
+    def net_growth_per_day(self) -> float:
+        return math.log(2.0) / self.doubling_time_days
+
+    def covariates(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rng(seed: int, patient_id: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, patient_id, purpose]))
+
+
+def draw_patient(ts: TrialScenario, patient_id: int, seed: int | None = None) -> VirtualPatient:
+    """Draw the covariates of patient ``patient_id`` (deterministic in seed and id)."""
+    seed = ts.scenario.seed if seed is None else seed
+    c = ts.cohort
+    g = _rng(seed, patient_id, _COVARIATES)
+    doubling = c.doubling_time_median_days * math.exp(c.doubling_time_sd_log * g.standard_normal())
+    size = c.primary_size_median_cm * math.exp(c.primary_size_sd_log * g.standard_normal())
+    foci_mean = ts.adjuvant.foci_mean_at_5cm * (size / 5.0) ** ts.adjuvant.foci_size_exponent
+    n_foci = int(min(g.poisson(foci_mean), ts.adjuvant.max_foci))
+    ligand = float(np.clip(ts.tumour.ligand_mean + c.ligand_sd * g.standard_normal(), 0.0, 1.0))
+    mhc_loss = float(min(ts.tumour.mhc_loss_per_division * math.exp(c.mhc_loss_sd_log * g.standard_normal()),
+                         1.0))
+    homing = math.exp(c.homing_sd_log * g.standard_normal())
+    yield_ = math.exp(c.product_yield_sd_log * g.standard_normal())
+    failed = bool(g.random() < c.manufacturing_failure)
+
+    o = _rng(seed, patient_id, _OUTCOMES)
+    follow = ts.trial.follow_up_months
+    censor = follow - ts.trial.accrual_months * o.random()
+    death_rate = ts.outcomes.other_cause_death_per_year / 12.0
+    other_death = o.exponential(1.0 / death_rate) if death_rate > 0 else math.inf
+    post_event = o.exponential(ts.outcomes.post_recurrence_survival_median_months / math.log(2.0))
+    return VirtualPatient(
+        patient_id=patient_id, doubling_time_days=float(doubling), primary_size_cm=float(size),
+        n_foci=n_foci, ligand_mean=ligand, mhc_loss_per_division=mhc_loss, homing_scale=float(homing),
+        product_yield=float(yield_), manufacturing_failed=failed, censor_months=float(censor),
+        other_death_months=float(other_death), post_event_months=float(post_event),
+    )
+
+
+def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *,
+                   initial_cells: int, duration_days: float, record_every_hours: float) -> Scenario:
+    """The region scenario of one patient in one arm.
+
+    The patient's net growth rate sets the division rate (death rate kept),
+    its ligand density and MHC-loss probability replace the defaults, homing
+    and product yield scale the CIK supply, and a failed manufacture means no
+    infusion at all (the patient stays in the arm: intention to treat).
+    """
+    tumour = ts.tumour.model_copy(update={
+        "division_rate_per_day": ts.tumour.death_rate_per_day + patient.net_growth_per_day,
+        "ligand_mean": patient.ligand_mean,
+        "mhc_loss_per_division": patient.mhc_loss_per_division,
+        "initial_cells": initial_cells,
+    })
+    homing = ts.homing.model_copy(update={
+        "cik_per_site_per_day": ts.homing.cik_per_site_per_day * patient.homing_scale})
+    dosing_fields = {k: getattr(arm, k) for k in ("schedule", "phases", "start_day", "dose_cells")}
+    dosing_fields["dose_cells"] = arm.dose_cells * patient.product_yield
+    if patient.manufacturing_failed:
+        dosing_fields.update(schedule="none", phases=[])
+    dosing = ts.dosing.model_copy(update=dosing_fields)
+    time = ts.time.model_copy(update={"duration_days": duration_days,
+                                      "record_every_hours": record_every_hours})
+    fields = {name: getattr(ts, name) for name in Scenario.model_fields}
+    fields.update(tumour=tumour, homing=homing, dosing=dosing, time=time)
+    return Scenario.model_construct(**fields)
+
+
+def infusions_before(region: Scenario, day: float) -> int:
+    """Infusions a patient received before ``day`` (none after a failed manufacture)."""
+    from cikabm.convert import scheduled_infusions
+
+    return int(np.count_nonzero(scheduled_infusions(region) < day))
+
+
+DAYS = DAYS_PER_MONTH

@@ -1,0 +1,129 @@
+"""Virtual trials: common random numbers, workers, resume, intention to treat."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import cikabm.trial as trial_module
+from cikabm.patients import draw_patient
+from cikabm.scenario import ScenarioError, scenario_from_dict
+from cikabm.trial import run_trial, simulate_patient
+from cikabm.trial_params import TrialScenario
+
+SMALL = {
+    "scenario": {"name": "small_trial", "seed": 5},
+    "trial": {"setting": "adjuvant", "patients": 12, "follow_up_months": 18.0, "chunk_patients": 4},
+    "arms": [{"name": "control", "schedule": "none"},
+             {"name": "cik", "schedule": "lee2015", "start_day": 7.0}],
+    "lattice": {"shape": [24, 24]},
+    "time": {"dt_minutes": 20.0},
+    "tumour": {"death_rate_per_day": 0.01},
+    "homing": {"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 2e-14},
+    "cohort": {"doubling_time_median_days": 30.0},
+    "adjuvant": {"foci_mean_at_5cm": 2.5, "escape_cells": 60, "escape_physical_cells": 3e7},
+}
+
+
+def small(**over) -> TrialScenario:
+    data = {**SMALL, **over}
+    return scenario_from_dict(data, model=TrialScenario)
+
+
+def test_same_patient_same_covariates_in_every_arm():
+    rows = simulate_patient(small(), 3)
+    assert [r["arm"] for r in rows] == ["control", "cik"]
+    for key in ("doubling_time_days", "primary_size_cm", "n_foci", "ligand_mean", "homing_scale"):
+        assert rows[0][key] == rows[1][key]
+    assert rows[0]["infusions_received"] == 0
+    assert rows[1]["infusions_received"] > 0
+
+
+def test_patients_are_keyed_not_sequential():
+    ts = small()
+    assert draw_patient(ts, 7) == draw_patient(ts, 7)
+    assert draw_patient(ts, 7) != draw_patient(ts, 8)
+    assert draw_patient(ts, 7, seed=6) != draw_patient(ts, 7)
+
+
+def test_manufacturing_failure_means_no_infusion_but_stays_in_arm():
+    ts = small(cohort={"doubling_time_median_days": 30.0, "manufacturing_failure": 1.0})
+    rows = simulate_patient(ts, 0)
+    assert [r["arm"] for r in rows] == ["control", "cik"]
+    assert all(r["manufacturing_failed"] for r in rows)
+    assert rows[1]["infusions_received"] == 0
+    # no CIK at all: both arms are the same patient with the same tumour
+    assert rows[0]["rfs_months"] == rows[1]["rfs_months"]
+
+
+def test_endpoints_are_consistent():
+    frame = pd.DataFrame([r for pid in range(12) for r in simulate_patient(small(), pid)])
+    assert (frame["rfs_months"] <= frame["os_months"] + 1e-12).all()
+    assert (frame["rfs_months"] <= 18.0).all() and (frame["os_months"] <= 18.0).all()
+    assert (frame["rfs_months"] > 0).all()
+    # an OS event implies an RFS event (death ends RFS too)
+    assert (~frame["os_event"] | frame["rfs_event"]).all()
+
+
+def test_workers_do_not_change_results(tmp_path):
+    ts = small()
+    one = run_trial(ts, tmp_path / "w1", workers=1, progress=False).patients
+    two = run_trial(ts, tmp_path / "w2", workers=2, progress=False).patients
+    pd.testing.assert_frame_equal(one, two)
+    assert pd.read_parquet(tmp_path / "w1" / "patients.parquet").equals(
+        pd.read_parquet(tmp_path / "w2" / "patients.parquet"))
+    assert len(one) == 12 * 2
+    assert not (tmp_path / "w1" / ".chunks").exists()
+
+
+def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
+    ts = small()
+    straight = run_trial(ts, tmp_path / "straight", workers=1, progress=False)
+
+    real = trial_module.simulate_chunk
+    calls: list[list[int]] = []
+
+    def dies_on_third_chunk(ts_, patient_ids, seed):
+        ids = list(patient_ids)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(ids)
+        return real(ts_, ids, seed)
+
+    monkeypatch.setattr(trial_module, "simulate_chunk", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(ts, tmp_path / "resumed", workers=1, progress=False)
+    assert len(list((tmp_path / "resumed" / ".chunks").glob("chunk_*.parquet"))) == 2
+
+    redone: list[list[int]] = []
+
+    def counting(ts_, patient_ids, seed):
+        redone.append(list(patient_ids))
+        return real(ts_, patient_ids, seed)
+
+    monkeypatch.setattr(trial_module, "simulate_chunk", counting)
+    resumed = run_trial(ts, tmp_path / "resumed", workers=1, resume=True, progress=False)
+    assert redone == [[8, 9, 10, 11]]  # only the unfinished chunk
+    pd.testing.assert_frame_equal(straight.patients, resumed.patients)
+    assert (tmp_path / "straight" / "summary.json").read_text() == (tmp_path / "resumed" / "summary.json").read_text()
+
+
+def test_resume_refuses_chunks_of_another_scenario(tmp_path, monkeypatch):
+    ts = small()
+    monkeypatch.setattr(trial_module, "simulate_chunk",
+                        lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(ts, tmp_path / "t", workers=1, progress=False)
+    with pytest.raises(ValueError, match="different scenario"):
+        run_trial(small(scenario={"name": "small_trial", "seed": 6}), tmp_path / "t", workers=1,
+                  resume=True, progress=False)
+
+
+@pytest.mark.parametrize("arms, message", [
+    ([{"name": "cik", "schedule": "lee2015"}], "reference_arm"),
+    ([{"name": "control"}, {"name": "control"}], "unique"),
+    ([], "at least one arm"),
+])
+def test_bad_arms_are_named(arms, message):
+    with pytest.raises(ScenarioError, match=message):
+        small(arms=arms)
