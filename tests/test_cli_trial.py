@@ -1,0 +1,94 @@
+"""The ``cikabm trial`` command: outputs, summary keys, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from cikabm.cli import main
+
+TINY_TRIAL = """
+[scenario]
+name = "tiny_trial"
+seed = 3
+
+[trial]
+setting = "adjuvant"
+patients = 6
+follow_up_months = 12.0
+chunk_patients = 3
+
+[[arms]]
+name = "control"
+schedule = "none"
+
+[[arms]]
+name = "cik"
+schedule = "lee2015"
+start_day = 7.0
+
+[lattice]
+shape = [20, 20]
+
+[time]
+dt_minutes = 20.0
+
+[tumour]
+death_rate_per_day = 0.01
+
+[homing]
+ctl_per_site_per_day = 0.0
+
+[cohort]
+doubling_time_median_days = 20.0
+
+[adjuvant]
+foci_mean_at_5cm = 3.0
+escape_cells = 40
+escape_physical_cells = 1e8
+"""
+
+
+def test_trial_writes_parquet_summary_and_km(tmp_path, capsys):
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    patients = pd.read_parquet(out / "patients.parquet")
+    assert len(patients) == 12 and set(patients["arm"]) == {"control", "cik"}
+    for col in ("rfs_months", "rfs_event", "os_months", "os_event", "infusions_received",
+                "primary_size_cm", "manufacturing_failed"):
+        assert col in patients.columns
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["cikabm_version"]
+    rfs = summary["endpoints"]["rfs"]
+    for arm in ("control", "cik"):
+        assert {"median_months", "ci_low", "ci_high"} <= set(rfs["arms"][arm])
+    assert {"hr", "hr_ci_low", "hr_ci_high", "logrank_p"} <= set(rfs["comparisons"]["cik_vs_control"])
+    assert (out / "km_rfs.png").stat().st_size > 0 and (out / "km_os.png").stat().st_size > 0
+    assert "RFS" in capsys.readouterr().out
+
+
+def test_trial_refuses_a_region_scenario(tmp_path, capsys):
+    scenario = tmp_path / "r.toml"
+    scenario.write_text("[lattice]\nshape = [20, 20]\n")
+    assert main(["trial", str(scenario), "--out", str(tmp_path / "o"), "--workers", "1"]) == 2
+    assert "no [trial] table" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_refuses_a_trial_scenario(tmp_path, capsys):
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    assert main(["run", str(scenario), "--out", str(tmp_path / "o")]) == 2
+    assert "cikabm trial" in capsys.readouterr().err
+
+
+def test_bad_trial_scenario_names_the_field(tmp_path, capsys):
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(TINY_TRIAL.replace("patients = 6", "patients = -6"))
+    assert main(["trial", str(scenario), "--out", str(tmp_path / "o"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "trial.patients = -6" in err
+    assert not (tmp_path / "o").exists()
