@@ -368,7 +368,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from cikabm.trial import run_trial
     from cikabm.trial_params import TrialScenario
 
-    ts = load_scenario(args.scenario, model=TrialScenario)
+    ts = load_scenario(args.scenario)
+    if not isinstance(ts, TrialScenario):
+        raise UserError(f"{args.scenario} has no [trial] table: it describes one tumour region; run it "
+                        f"with `cikabm run {args.scenario} --out DIR`")
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
