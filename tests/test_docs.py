@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cikabm.params import Scenario, parameter_reference, parameter_rows
+from cikabm.params import parameter_reference, parameter_rows
+from cikabm.trial_params import TrialScenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,4 +26,4 @@ def test_every_leaf_parameter_has_meaning_and_unit():
 
 def test_reference_lists_every_section():
     names = {r["name"].split(".")[0] for r in parameter_rows()}
-    assert names == set(Scenario.model_fields)
+    assert names == set(TrialScenario.model_fields)
