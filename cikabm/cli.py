@@ -4,6 +4,8 @@
 
     cikabm run SCENARIO --out DIR [--seed N] [--threads N] [--no-progress] [--snapshots N]
     cikabm validate SCENARIO
+    cikabm trial SCENARIO --out DIR [--patients N] [--workers N] [--resume]
+    cikabm compare SCENARIO --out DIR [--schedules A,B,C] [--patients N] [--workers N] [--resume]
     cikabm params [--format markdown|csv]
 
 Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
@@ -157,6 +159,45 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
     tri.add_argument("--no-progress", action="store_true", help="no progress bar")
     tri.set_defaults(func=cmd_trial)
+
+    cmp_ = sub.add_parser(
+        "compare", help="compare dosing schedules on the same virtual cohort",
+        description=_wrap("Run the same virtual cohort (same seed, same patients: common random numbers) "
+                          "under several dosing schedules and write DIR/comparison.csv (per arm: median "
+                          "RFS or PFS with 95 % CI, hazard ratio vs the reference arm with 95 % CI, "
+                          "log-rank p, infusions received), DIR/subgroups.csv (primary tumour above/below "
+                          "5 cm, infusions received 0, 1-8, 9-16, 17+), DIR/comparison.png (medians and "
+                          "hazard-ratio forest plot) and the trial files of `cikabm trial` "
+                          "(patients.parquet, summary.json, km_<endpoint>.png with all arms).",
+                          "Without --schedules the scenario's own arms are compared. A schedule is "
+                          "NAME[*DOSE][xCYCLES] with NAME one of " + ", ".join(_schedule_names()) +
+                          " (none: no CIK, arm 'control'); *DOSE multiplies the cells per infusion, "
+                          "xCYCLES repeats the schedule. New arms start on the day and with the dose of "
+                          "the scenario's first treated arm."),
+        epilog=_wrap("example:\n  cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules "
+                     "\\\n      --schedules none,lee2015,weekly6_biweekly,lee2015*0.5"),
+        formatter_class=_Formatter)
+    cmp_.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
+    cmp_.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    cmp_.add_argument("--schedules", metavar="A,B,C", type=_schedule_list, default=None,
+                      help="schedules to compare, comma-separated (default: the scenario's arms)")
+    cmp_.add_argument("--append", action="store_true",
+                      help="add the --schedules arms after the scenario's arms instead of replacing them")
+    cmp_.add_argument("--reference", metavar="ARM", default=None,
+                      help="arm the others are compared with (default: the scenario's reference arm if "
+                           "kept, else control)")
+    cmp_.add_argument("--patients", metavar="N", type=_int_in("--patients", 1, 1_000_000), default=None,
+                      help="virtual patients (default: the scenario's trial.patients)")
+    cmp_.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
+                      help="random seed (default: the scenario's scenario.seed)")
+    cmp_.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
+                      help="worker processes of the local Dask cluster (default: one per CPU core; "
+                           "1 runs in this process); results do not depend on it")
+    cmp_.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                      help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    cmp_.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
+    cmp_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmp_.set_defaults(func=cmd_compare)
 
     cal = sub.add_parser(
         "calibrate", help="fit an adjuvant trial to a control median RFS and an RFS hazard ratio",
@@ -383,6 +424,74 @@ def cmd_trial(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     _write_stdout(trial_summary_text(run.summary, out))
     return EXIT_OK
+
+
+def _schedule_names() -> tuple[str, ...]:
+    from cikabm.compare import SCHEDULE_NAMES
+
+    return SCHEDULE_NAMES
+
+
+def _schedule_list(text: str) -> list[str]:
+    """``--schedules A,B,C``: every item checked now, so a bad name is a usage error (exit 2)."""
+    from cikabm.compare import parse_schedule_spec
+
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: no schedule given")
+    for item in items:
+        try:
+            parse_schedule_spec(item)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"invalid value {item!r}: {err}") from None
+    return items
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``cikabm compare``: compare dosing schedules on the same virtual cohort."""
+    from cikabm.compare import comparison_scenario, run_comparison
+    from cikabm.scenario import load_scenario
+    from cikabm.trial_params import TrialScenario
+
+    ts = load_scenario(args.scenario, model=TrialScenario)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    mode = "append" if args.append else "replace"
+    try:
+        comparison_scenario(ts, args.schedules, mode=mode, reference_arm=args.reference)  # fail before any work
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    progress = False if (args.no_progress or not sys.stderr.isatty()) else True
+    try:
+        result = run_comparison(ts, out, args.schedules, mode=mode, reference_arm=args.reference,
+                                patients=args.patients, seed=args.seed, workers=args.workers,
+                                scheduler=args.scheduler, resume=args.resume, progress=progress)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    _write_stdout(comparison_text(result.table, result.run.summary, out))
+    return EXIT_OK
+
+
+def comparison_text(table: Any, summary: dict[str, Any], out: Path) -> str:
+    """The comparison table of a finished ``cikabm compare``, for the terminal."""
+    def fmt(x: Any, spec: str = ".1f") -> str:
+        return "NR" if x is None or x != x else format(x, spec)
+
+    endpoint = str(table["endpoint"].iloc[0]).upper()
+    lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
+             f"{len(summary['arms'])} schedules, {summary['setting']} setting; {endpoint} vs "
+             f"{summary['reference_arm']}:"]
+    width = max(len(str(a)) for a in table["arm"])
+    for row in table.itertuples(index=False):
+        hr = ("reference" if row.is_reference else
+              f"HR {fmt(row.hr, '.2f')} ({fmt(row.hr_ci_low, '.2f')}-{fmt(row.hr_ci_high, '.2f')}), "
+              f"log-rank p {fmt(row.logrank_p, '.3g')}")
+        lines.append(f"  {row.arm:<{width}} median {fmt(row.median_months)} months "
+                     f"(95 % CI {fmt(row.median_ci_low)}-{fmt(row.median_ci_high)}), "
+                     f"{fmt(row.infusions_mean)} infusions; {hr}")
+    lines.append(f"results written to {out}")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
