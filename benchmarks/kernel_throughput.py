@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from machine import cpu_model
 
 import cikabm
 from cikabm import Simulation, scenario_from_dict
@@ -53,16 +54,6 @@ def state_digest(sim: Simulation) -> str:
     h.update(sim.ifn.tobytes())
     h.update(sim.records.tobytes())
     return h.hexdigest()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(size: int, steps: int, warmup_steps: int, repeats: int, thread_counts: list[int]) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from machine import cpu_model
 
 import cikabm
 from cikabm.scenario import load_scenario
@@ -37,16 +38,6 @@ from cikabm.trial import run_trial, simulate_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = ROOT / "scenarios" / "hcc_adjuvant_lee2015.toml"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def package_version(name: str) -> str:

@@ -90,6 +90,21 @@ def _wrap(*paragraphs: str) -> str:
     return "\n\n".join(p if "\n" in p or p.startswith("  ") else textwrap.fill(p, 78) for p in paragraphs)
 
 
+def _add_cohort_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run a virtual cohort (trial, compare)."""
+    parser.add_argument("--patients", metavar="N", type=_int_in("--patients", 1, 1_000_000), default=None,
+                        help="virtual patients (default: the scenario's trial.patients)")
+    parser.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
+                        help="random seed (default: the scenario's scenario.seed)")
+    parser.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
+                        help="worker processes of the local Dask cluster (default: one per CPU core; "
+                             "1 runs in this process); results do not depend on it")
+    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cikabm`` command."""
     parser = argparse.ArgumentParser(
@@ -147,17 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter)
     tri.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
     tri.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
-    tri.add_argument("--patients", metavar="N", type=_int_in("--patients", 1, 1_000_000), default=None,
-                     help="virtual patients (default: the scenario's trial.patients)")
-    tri.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
-                     help="random seed (default: the scenario's scenario.seed)")
-    tri.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
-                     help="worker processes of the local Dask cluster (default: one per CPU core; "
-                          "1 runs in this process); results do not depend on it")
-    tri.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                     help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    tri.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
-    tri.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cohort_options(tri)
     tri.set_defaults(func=cmd_trial)
 
     cmp_ = sub.add_parser(
@@ -186,17 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--reference", metavar="ARM", default=None,
                       help="arm the others are compared with (default: the scenario's reference arm if "
                            "kept, else control)")
-    cmp_.add_argument("--patients", metavar="N", type=_int_in("--patients", 1, 1_000_000), default=None,
-                      help="virtual patients (default: the scenario's trial.patients)")
-    cmp_.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
-                      help="random seed (default: the scenario's scenario.seed)")
-    cmp_.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
-                      help="worker processes of the local Dask cluster (default: one per CPU core; "
-                           "1 runs in this process); results do not depend on it")
-    cmp_.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                      help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    cmp_.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
-    cmp_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cohort_options(cmp_)
     cmp_.set_defaults(func=cmd_compare)
 
     cal = sub.add_parser(
