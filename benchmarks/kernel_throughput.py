@@ -19,14 +19,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
-from machine import cpu_model
+from machine import machine_info
 
 import cikabm
 from cikabm import Simulation, scenario_from_dict
@@ -124,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "kernel_throughput",
         "cikabm_version": cikabm.__version__,
         "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "numba": numba.__version__,
-            "numpy": np.__version__,
-            "threading_layer": numba.threading_layer(),
+            **machine_info(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         },
         **bench,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -15,3 +17,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores and the versions every benchmark JSON records."""
+    import numba
+    import numpy as np
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "threading_layer": numba.threading_layer(),
+    }

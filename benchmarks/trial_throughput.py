@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numba
-import numpy as np
-from machine import cpu_model
+from machine import machine_info
 
 import cikabm
 from cikabm.scenario import load_scenario
@@ -115,14 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "trial_throughput",
         "cikabm_version": cikabm.__version__,
         "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "numba": numba.__version__,
-            "numpy": np.__version__,
+            **machine_info(),
             "dask": package_version("dask"),
             "distributed": package_version("distributed"),
-            "threading_layer": numba.threading_layer(),
         },
         "scenario": str(args.scenario.relative_to(ROOT) if args.scenario.is_relative_to(ROOT) else args.scenario),
         "scenario_patients": ts.trial.patients,
