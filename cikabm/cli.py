@@ -226,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                      help="output format (default: markdown)")
     par.set_defaults(func=cmd_params)
+
+    tea = sub.add_parser(
+        "teach", help="serve the teaching app in the browser (needs cikabm[teach])",
+        description=_wrap("Start the teaching app: a Mesa/SolaraViz page where a tumour escapes "
+                          "CTLs by losing MHC class I and CIK cells still kill it. It shows the "
+                          "lattice, the tumour by MHC state and the kills by mechanism and kind, "
+                          "with sliders for the MHC-loss rate, the CIK subset mix, the dose and the "
+                          "schedule, and a toggle for CTLs only vs CTLs + CIK. Prints the local "
+                          "address and serves until Ctrl+C. Needs the teaching extra: "
+                          "pip install 'cikabm[teach]'."),
+        epilog=_wrap("example:\n  cikabm teach --port 8765"),
+        formatter_class=_Formatter)
+    tea.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: 127.0.0.1, this machine only)")
+    tea.add_argument("--port", type=_int_in("--port", 1, 65535), default=8765,
+                     help="port to listen on (default: 8765)")
+    tea.add_argument("--open", action="store_true", help="also open the page in the default browser")
+    tea.set_defaults(func=cmd_teach)
     return parser
 
 
@@ -572,6 +590,25 @@ def write_results(results: Any, directory: Path, *, scenario_source: bytes | Non
         files.append(path)
     files.extend(save_run_figures(results, directory))
     return files
+
+
+def cmd_teach(args: argparse.Namespace) -> int:
+    """Serve :mod:`cikabm.mesa.app` with Solara until interrupted."""
+    import importlib.util
+    import subprocess
+
+    missing = [m for m in ("mesa", "solara") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"cikabm teach needs {' and '.join(missing)}: pip install 'cikabm[teach]'")
+    address = f"http://{args.host}:{args.port}/"
+    command = [sys.executable, "-m", "solara", "run", "cikabm.mesa.app", "--host", args.host,
+               "--port", str(args.port), "--production", "--open" if args.open else "--no-open",
+               "--log-level", "warning"]
+    print(f"cikabm teach: the teaching app is at {address} (Ctrl+C to stop)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
 
 
 # --------------------------------------------------------------------------- entry point

@@ -37,6 +37,7 @@ __all__ = [
     "plot_effectors",
     "plot_kill_matrix",
     "plot_kills",
+    "plot_kills_by_mechanism",
     "plot_populations",
     "plot_snapshots",
     "save_run_figures",
@@ -58,6 +59,7 @@ SNAPSHOT_FILL = np.array([
 SNAPSHOT_LABELS = ("empty", "tumour, MHC-I present", "tumour, MHC-I lost", "tumour, dying")
 DOSE_COLOUR = "#6b6b6b"
 MECH_LABELS = {"perforin": "perforin/granzyme", "fas": "Fas/FasL"}
+MECH_COLOURS = {"perforin": "#444444", "fas": "#b07aa1"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,6 +276,46 @@ def plot_kills(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
     ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
     ax.set_ylabel("cumulative kills")
     ax.set_title("Cumulative kills by effector kind", pad=12)
+    _style_time_axis(ax, frame)
+    _legend(ax, handles, loc="upper left")
+    return ax
+
+
+def plot_kills_by_mechanism(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
+                            infusion_days: Sequence[float] | np.ndarray | None = None) -> Axes:
+    """Cumulative kills over time by mechanism (perforin/granzyme, Fas/FasL).
+
+    Dashed lines: the kills of MHC-I-lost cells by each mechanism.
+
+    Parameters
+    ----------
+    results_or_frame : Results or DataFrame
+        A run's Results, or its ``to_frame()`` (or a frame with the same columns,
+        such as the Mesa model's data collector).
+    ax : Axes, optional
+        Where to draw; a new figure when None.
+    infusion_days : array-like, optional
+        Days of the CIK infusions (default: those of a Results).
+
+    Returns
+    -------
+    Axes
+    """
+    frame, days = _frame_and_doses(results_or_frame, infusion_days)
+    ax = _new_axes() if ax is None else ax
+    t = frame["time_days"].to_numpy()
+    handles: list[Any] = []
+    for mech, label in MECH_LABELS.items():
+        (line,) = ax.plot(t, frame[f"kills_{mech}"], color=MECH_COLOURS[mech], lw=1.8, label=label)
+        handles.append(line)
+        lost = sum(frame[f"kills_{mech}_{key}_mhc_lost"] for key in KIND_KEYS)
+        ax.plot(t, lost, color=MECH_COLOURS[mech], lw=1.3, ls=(0, (4, 2)))
+    _mark_doses(ax, days)
+    handles.append(Line2D([], [], color="#a0a0a0", lw=1.3, ls=(0, (4, 2)), label="of MHC-I-lost cells (dashed)"))
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
+    ax.set_ylabel("cumulative kills")
+    ax.set_title("Cumulative kills by mechanism", pad=12)
     _style_time_axis(ax, frame)
     _legend(ax, handles, loc="upper left")
     return ax

@@ -46,6 +46,44 @@ class Snapshot:
     effectors: np.ndarray
 
 
+def record_columns(records: np.ndarray) -> dict[str, np.ndarray]:
+    """Name the counts of kernel record rows (``records`` of shape ``(n, N_REC)``).
+
+    Tumour by MHC state, effectors by kind, engaged and exhausted effectors,
+    cumulative kills (total, by mechanism, by kind, by target MHC state, and by
+    all three), and arrivals by kind. The one place record columns get names:
+    :meth:`Results.to_frame` and the Mesa model's data collector both use it.
+    """
+    r = np.atleast_2d(records)
+    cols: dict[str, np.ndarray] = {}
+    present = r[:, core.REC_TUMOUR_MHC_PRESENT]
+    lost = r[:, core.REC_TUMOUR_MHC_LOST]
+    cols["tumour_total"] = present + lost
+    cols["tumour_mhc_present"] = present
+    cols["tumour_mhc_lost"] = lost
+    cols["tumour_dying"] = r[:, core.REC_TUMOUR_DYING]
+    for k, key in enumerate(KIND_KEYS):
+        cols[f"effectors_{key}"] = r[:, core.REC_EFFECTORS + k]
+    cols["effectors_engaged"] = r[:, core.REC_ENGAGED]
+    cols["effectors_exhausted"] = r[:, core.REC_EXHAUSTED]
+    kills = r[:, core.REC_KILLS:core.REC_KILLS + 16].reshape(-1, 2, 4, 2)  # mech, kind, mhc
+    cols["kills_total"] = kills.sum(axis=(1, 2, 3))
+    for m, mk in enumerate(MECH_KEYS):
+        cols[f"kills_{mk}"] = kills[:, m].sum(axis=(1, 2))
+    for k, key in enumerate(KIND_KEYS):
+        cols[f"kills_{key}"] = kills[:, :, k].sum(axis=(1, 2))
+    for h, hk in enumerate(MHC_KEYS):
+        cols[f"kills_{hk}"] = kills[:, :, :, h].sum(axis=(1, 2))
+    for m, mk in enumerate(MECH_KEYS):
+        for k, key in enumerate(KIND_KEYS):
+            for h, hk in enumerate(MHC_KEYS):
+                cols[f"kills_{mk}_{key}_{hk}"] = kills[:, m, k, h]
+    for k, key in enumerate(KIND_KEYS):
+        cols[f"arrivals_{key}"] = r[:, core.REC_ARRIVALS + k]
+    cols["arrivals_dropped"] = r[:, core.REC_DROPPED]
+    return cols
+
+
 @dataclass
 class Results:
     """What a run produced. ``to_frame()`` gives the time series."""
@@ -65,39 +103,18 @@ class Results:
     def to_frame(self) -> pd.DataFrame:
         """One row per recorded time: tumour by MHC state, effectors by kind,
         blood level, and cumulative kills by mechanism, kind and MHC state."""
-        r = self.records
         cols: dict[str, Any] = {"time_days": self.record_days}
-        present = r[:, core.REC_TUMOUR_MHC_PRESENT]
-        lost = r[:, core.REC_TUMOUR_MHC_LOST]
-        cols["tumour_total"] = present + lost
-        cols["tumour_mhc_present"] = present
-        cols["tumour_mhc_lost"] = lost
-        cols["tumour_dying"] = r[:, core.REC_TUMOUR_DYING]
-        for k, key in enumerate(KIND_KEYS):
-            cols[f"effectors_{key}"] = r[:, core.REC_EFFECTORS + k]
-        cols["effectors_engaged"] = r[:, core.REC_ENGAGED]
-        cols["effectors_exhausted"] = r[:, core.REC_EXHAUSTED]
+        counts = record_columns(self.records)
+        names = list(counts)
+        first_kill = names.index("kills_total")
+        cols.update({k: counts[k] for k in names[:first_kill]})  # tumour and effectors first
         cols["blood_cik_cells"] = self.blood
         cols["infusions_given"] = np.searchsorted(self.infusion_days, self.record_days, side="right")
-        cols["ifn_mean"] = r[:, core.REC_IFN_MEAN]
-        kills = r[:, core.REC_KILLS:core.REC_KILLS + 16].reshape(-1, 2, 4, 2)  # mech, kind, mhc
-        cols["kills_total"] = kills.sum(axis=(1, 2, 3))
-        for m, mk in enumerate(MECH_KEYS):
-            cols[f"kills_{mk}"] = kills[:, m].sum(axis=(1, 2))
-        for k, key in enumerate(KIND_KEYS):
-            cols[f"kills_{key}"] = kills[:, :, k].sum(axis=(1, 2))
-        for h, hk in enumerate(MHC_KEYS):
-            cols[f"kills_{hk}"] = kills[:, :, :, h].sum(axis=(1, 2))
-        for m, mk in enumerate(MECH_KEYS):
-            for k, key in enumerate(KIND_KEYS):
-                for h, hk in enumerate(MHC_KEYS):
-                    cols[f"kills_{mk}_{key}_{hk}"] = kills[:, m, k, h]
-        for k, key in enumerate(KIND_KEYS):
-            cols[f"arrivals_{key}"] = r[:, core.REC_ARRIVALS + k]
-        cols["arrivals_dropped"] = r[:, core.REC_DROPPED]
+        cols["ifn_mean"] = self.records[:, core.REC_IFN_MEAN]
+        cols.update({k: counts[k] for k in names[first_kill:]})
         frame = pd.DataFrame(cols)
-        counts = [c for c in frame.columns if c not in ("time_days", "blood_cik_cells", "ifn_mean")]
-        frame[counts] = frame[counts].astype(np.int64)
+        ints = [c for c in frame.columns if c not in ("time_days", "blood_cik_cells", "ifn_mean")]
+        frame[ints] = frame[ints].astype(np.int64)
         return frame
 
     def kills_table(self) -> pd.DataFrame:
@@ -271,6 +288,12 @@ class Simulation:
         core.seed_tumour(self.lattice, sites, self.seed, self.patient, tum.ligand_mean, tum.ligand_sd,
                          tum.mhc_mean, tum.mhc_sd, tum.fas_mean, tum.fas_sd, tum.initial_mhc_lost_fraction)
         self.step = 0
+        self._record_initial()
+
+    def _record_initial(self) -> None:
+        d = self.disc
+        core.record(self.records[0], self.lattice, self.effectors, self.counters, self.kills,
+                    self.arrivals, d.geometry, d.params, self.ifn, self.row_counts, False)
 
     def snapshot(self) -> Snapshot:
         """The current lattice as 2D images (see :class:`Snapshot`)."""
@@ -294,9 +317,8 @@ class Simulation:
         """Advance ``n_steps`` steps (records are written on record steps)."""
         d = self.disc
         end = min(self.step + n_steps, d.n_steps)
-        if self.step == 0:
-            core.record(self.records[0], self.lattice, self.effectors, self.counters, self.kills,
-                        self.arrivals, d.geometry, d.params, self.ifn, self.row_counts, False)
+        if self.step == 0:  # again: effectors may have been placed since construction
+            self._record_initial()
         core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
                        self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
                        self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
