@@ -344,8 +344,9 @@ def build_scenario(
     if merged.get("dosing", {}).get("schedule") == "none":
         # No infusion: a start day after the run is then no error.
         merged["dosing"]["start_day"] = 0.0
-    duration = float(merged["time"].get("duration_days", 60.0))
-    if math.isfinite(duration) and hours_per_step > duration * 24.0:
+    duration = merged["time"].get("duration_days", 60.0)
+    # A bad duration is left to the scenario's own validation, which names it.
+    if isinstance(duration, int | float) and 0 < duration < math.inf and hours_per_step > duration * 24.0:
         raise ValueError(f"hours_per_step = {hours_per_step!r} is longer than the run "
                          f"(time.duration_days = {duration:g})")
     return scenario_from_dict(merged, source="CIKModel")
