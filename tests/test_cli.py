@@ -267,3 +267,22 @@ def test_console_script(bad: Path):
                            "validate", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "tumour.division_rate_per_day" in proc.stderr
+
+
+def test_teach_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    """``cikabm teach`` without Mesa/Solara: exit 2 and the install command, nothing started."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("mesa", "solara") else real(name, *args))
+    assert main(["teach"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'cikabm[teach]'" in err and "mesa and solara" in err
+
+
+def test_teach_rejects_a_bad_port(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["teach", "--port", "70000"])
+    assert info.value.code == 2
+    assert "--port" in capsys.readouterr().err
