@@ -238,6 +238,30 @@ def plot_effectors(frame: pd.DataFrame | Any, infusion_days: Sequence[float] | n
     return ax
 
 
+def _cumulative_kill_lines(frame: pd.DataFrame, days: np.ndarray, ax: Axes,
+                           series: list[tuple[str, str, str, list[str] | None]], title: str) -> Axes:
+    """Solid line per series (its total column), dashed its MHC-I-lost kills (sum of columns)."""
+    t = frame["time_days"].to_numpy()
+    handles: list[Any] = []
+    for label, colour, total, lost_columns in series:
+        (line,) = ax.plot(t, frame[total], color=colour, lw=1.8, label=label)
+        handles.append(line)
+        if lost_columns:
+            ax.plot(t, sum(frame[c] for c in lost_columns), color=colour, lw=1.3, ls=(0, (4, 2)))
+    _mark_doses(ax, days)
+    if any(lost for *_, lost in series):
+        handles += [Line2D([], [], color="#a0a0a0", lw=1.8, label="all kills (solid)"),
+                    Line2D([], [], color="#a0a0a0", lw=1.3, ls=(0, (4, 2)),
+                           label="kills of MHC-I-lost cells (dashed)")]
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
+    ax.set_ylabel("cumulative kills")
+    ax.set_title(title, pad=12)
+    _style_time_axis(ax, frame)
+    _legend(ax, handles, loc="upper left")
+    return ax
+
+
 def plot_kills(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
                infusion_days: Sequence[float] | np.ndarray | None = None, show_mhc_lost: bool = True) -> Axes:
     """Cumulative kills over time by effector kind.
@@ -245,7 +269,8 @@ def plot_kills(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
     Parameters
     ----------
     results_or_frame : Results or DataFrame
-        A run's Results, or its ``to_frame()``.
+        A run's Results, or its ``to_frame()`` (or a frame with the same
+        columns, such as the Mesa model's data collector).
     ax : Axes, optional
         Where to draw; a new figure when None.
     infusion_days : array-like, optional
@@ -258,67 +283,40 @@ def plot_kills(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
     Axes
     """
     frame, days = _frame_and_doses(results_or_frame, infusion_days)
-    ax = _new_axes() if ax is None else ax
-    t = frame["time_days"].to_numpy()
-    handles: list[Any] = []
-    for key in KIND_KEYS:
-        (line,) = ax.plot(t, frame[f"kills_{key}"], color=KIND_COLOURS[key], lw=1.8, label=_kind_label(key))
-        handles.append(line)
-        if show_mhc_lost:
-            lost = sum(frame[f"kills_{m}_{key}_mhc_lost"] for m in MECH_LABELS)
-            ax.plot(t, lost, color=KIND_COLOURS[key], lw=1.3, ls=(0, (4, 2)))
-    _mark_doses(ax, days)
-    if show_mhc_lost:
-        handles += [Line2D([], [], color="#a0a0a0", lw=1.8, label="all kills (solid)"),
-                    Line2D([], [], color="#a0a0a0", lw=1.3, ls=(0, (4, 2)),
-                           label="kills of MHC-I-lost cells (dashed)")]
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
-    ax.set_ylabel("cumulative kills")
-    ax.set_title("Cumulative kills by effector kind", pad=12)
-    _style_time_axis(ax, frame)
-    _legend(ax, handles, loc="upper left")
-    return ax
+    series = [(_kind_label(key), KIND_COLOURS[key], f"kills_{key}",
+               [f"kills_{m}_{key}_mhc_lost" for m in MECH_LABELS] if show_mhc_lost else None)
+              for key in KIND_KEYS]
+    return _cumulative_kill_lines(frame, days, _new_axes() if ax is None else ax, series,
+                                  "Cumulative kills by effector kind")
 
 
 def plot_kills_by_mechanism(results_or_frame: pd.DataFrame | Any, ax: Axes | None = None, *,
-                            infusion_days: Sequence[float] | np.ndarray | None = None) -> Axes:
+                            infusion_days: Sequence[float] | np.ndarray | None = None,
+                            show_mhc_lost: bool = True) -> Axes:
     """Cumulative kills over time by mechanism (perforin/granzyme, Fas/FasL).
-
-    Dashed lines: the kills of MHC-I-lost cells by each mechanism.
 
     Parameters
     ----------
     results_or_frame : Results or DataFrame
-        A run's Results, or its ``to_frame()`` (or a frame with the same columns,
-        such as the Mesa model's data collector).
+        A run's Results, or its ``to_frame()`` (or a frame with the same
+        columns, such as the Mesa model's data collector).
     ax : Axes, optional
         Where to draw; a new figure when None.
     infusion_days : array-like, optional
         Days of the CIK infusions (default: those of a Results).
+    show_mhc_lost : bool, default True
+        Also draw, dashed, the kills of MHC-I-lost cells by each mechanism.
 
     Returns
     -------
     Axes
     """
     frame, days = _frame_and_doses(results_or_frame, infusion_days)
-    ax = _new_axes() if ax is None else ax
-    t = frame["time_days"].to_numpy()
-    handles: list[Any] = []
-    for mech, label in MECH_LABELS.items():
-        (line,) = ax.plot(t, frame[f"kills_{mech}"], color=MECH_COLOURS[mech], lw=1.8, label=label)
-        handles.append(line)
-        lost = sum(frame[f"kills_{mech}_{key}_mhc_lost"] for key in KIND_KEYS)
-        ax.plot(t, lost, color=MECH_COLOURS[mech], lw=1.3, ls=(0, (4, 2)))
-    _mark_doses(ax, days)
-    handles.append(Line2D([], [], color="#a0a0a0", lw=1.3, ls=(0, (4, 2)), label="of MHC-I-lost cells (dashed)"))
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
-    ax.set_ylabel("cumulative kills")
-    ax.set_title("Cumulative kills by mechanism", pad=12)
-    _style_time_axis(ax, frame)
-    _legend(ax, handles, loc="upper left")
-    return ax
+    series = [(label, MECH_COLOURS[mech], f"kills_{mech}",
+               [f"kills_{mech}_{key}_mhc_lost" for key in KIND_KEYS] if show_mhc_lost else None)
+              for mech, label in MECH_LABELS.items()]
+    return _cumulative_kill_lines(frame, days, _new_axes() if ax is None else ax, series,
+                                  "Cumulative kills by mechanism")
 
 
 # --------------------------------------------------------------------------- kill matrix

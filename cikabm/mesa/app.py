@@ -84,42 +84,36 @@ def Lattice(model: CIKModel) -> None:
     solara.FigureMatplotlib(fig, format="png", dpi=90)
 
 
+def _draw_time_series(model: CIKModel, plot: Any) -> None:
+    """Draw ``plot(frame, ax=..., infusion_days=...)`` of the data collected so far."""
+    update_counter.get()
+    fig = _figure(6.0, 3.9)
+    plot(model.datacollector.get_model_vars_dataframe(), ax=fig.subplots(), infusion_days=model.infusion_days)
+    solara.FigureMatplotlib(fig, format="png", dpi=90)
+
+
 @solara.component
 def TumourByMhc(model: CIKModel) -> None:
     """Tumour cells by MHC class I state over time, infusions marked."""
-    update_counter.get()
-    fig = _figure(6.0, 3.9)
-    plot_populations(model.datacollector.get_model_vars_dataframe(), model.infusion_days, ax=fig.subplots())
-    solara.FigureMatplotlib(fig, format="png", dpi=90)
+    _draw_time_series(model, plot_populations)
 
 
 @solara.component
 def KillsByKind(model: CIKModel) -> None:
     """Cumulative kills by effector kind (dashed: of MHC-I-lost cells)."""
-    update_counter.get()
-    fig = _figure(6.0, 3.9)
-    plot_kills(model.datacollector.get_model_vars_dataframe(), ax=fig.subplots(),
-               infusion_days=model.infusion_days)
-    solara.FigureMatplotlib(fig, format="png", dpi=90)
+    _draw_time_series(model, plot_kills)
 
 
 @solara.component
 def KillsByMechanism(model: CIKModel) -> None:
-    """Cumulative kills by mechanism: perforin/granzyme and Fas/FasL."""
-    update_counter.get()
-    fig = _figure(6.0, 3.9)
-    plot_kills_by_mechanism(model.datacollector.get_model_vars_dataframe(), ax=fig.subplots(),
-                            infusion_days=model.infusion_days)
-    solara.FigureMatplotlib(fig, format="png", dpi=90)
+    """Cumulative kills by mechanism, perforin/granzyme and Fas/FasL (dashed: of MHC-I-lost cells)."""
+    _draw_time_series(model, plot_kills_by_mechanism)
 
 
 @solara.component
 def Effectors(model: CIKModel) -> None:
     """Effectors in the region by kind, CIK in blood on the right axis."""
-    update_counter.get()
-    fig = _figure(6.0, 3.9)
-    plot_effectors(model.datacollector.get_model_vars_dataframe(), model.infusion_days, ax=fig.subplots())
-    solara.FigureMatplotlib(fig, format="png", dpi=90)
+    _draw_time_series(model, plot_effectors)
 
 
 def make_page(model: CIKModel | None = None) -> Any:
