@@ -286,3 +286,12 @@ def test_teach_rejects_a_bad_port(capsys):
         main(["teach", "--port", "70000"])
     assert info.value.code == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_core_package_does_not_need_mesa():
+    """Mesa and Solara are the optional teaching extra: the core never imports them."""
+    code = ("import sys, cikabm, cikabm.cli, cikabm.mesa, cikabm.trial, cikabm.compare, cikabm.survival\n"
+            "from cikabm import Simulation, load_scenario\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mesa', 'solara'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
