@@ -8,6 +8,7 @@ any of them is missing. The screenshot of the stepped app is written to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -77,12 +78,16 @@ def app_url():
                         break
             except OSError:
                 pass
-            assert proc.poll() is None, "cikabm teach exited; see test-artifacts/teach_server.log"
+            if proc.poll() is not None:
+                log.flush()
+                tail = (_artifacts() / "teach_server.log").read_text()[-2000:]
+                pytest.fail(f"cikabm teach exited with status {proc.returncode}; its log ends:\n{tail}")
             assert time.monotonic() < deadline, "the app did not answer within 180 s"
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited by itself
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
