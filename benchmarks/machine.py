@@ -1,34 +1,26 @@
-"""Machine description shared by the benchmark scripts."""
+"""Machine description shared by the benchmark scripts (the one in :mod:`cikabm.bench`)."""
 
 from __future__ import annotations
 
-import os
-import platform
-from pathlib import Path
 from typing import Any
 
+from cikabm.bench import cpu_model
+from cikabm.bench import machine_info as _machine_info
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+__all__ = ["cpu_model", "machine_info"]
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores and the versions every benchmark JSON records."""
-    import numba
-    import numpy as np
+    """CPU, cores and the versions every benchmark JSON records, with Numba's threading layer.
 
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "threading_layer": numba.threading_layer(),
-    }
+    Call it after the kernels have run in this process: Numba knows its
+    threading layer only once a parallel region has started.
+    """
+    import numba
+
+    info = _machine_info()
+    try:
+        info["threading_layer"] = numba.threading_layer()
+    except ValueError:
+        info["threading_layer"] = "(not started)"
+    return info

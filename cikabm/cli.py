@@ -7,6 +7,7 @@
     cikabm trial SCENARIO --out DIR [--patients N] [--workers N] [--resume]
     cikabm compare SCENARIO --out DIR [--schedules A,B,C] [--patients N] [--workers N] [--resume]
     cikabm params [--format markdown|csv]
+    cikabm bench --out DIR [--quick] [--threads 1,2,3] [--repeats N] [--configs NAMES] [--machine NAME]
 
 Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
 a bad option value, an output path that cannot be used), with a message on
@@ -78,6 +79,36 @@ def _size_thread_pool(threads: int | None) -> None:
     """Give Numba a pool of exactly ``threads`` threads if it has not started yet."""
     if threads is not None and "numba" not in sys.modules:
         os.environ["NUMBA_NUM_THREADS"] = str(threads)
+
+
+def _thread_list(text: str) -> list[int]:
+    """``--threads 1,2,3``: thread counts, each between 1 and 1024."""
+    from cikabm.bench import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: {err}") from None
+
+
+def _config_list(text: str) -> list[str]:
+    """``--configs A,B``: names of benchmark configurations."""
+    from cikabm.bench import parse_configs
+
+    try:
+        return parse_configs(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: {err}") from None
+
+
+def _machine_name(text: str) -> str:
+    """``--machine NAME``: letters, digits, '.', '_' and '-' (it names a results directory)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                                         "starting with a letter or digit")
+    return text
 
 
 # --------------------------------------------------------------------------- parser
@@ -227,6 +258,46 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output format (default: markdown)")
     par.set_defaults(func=cmd_params)
 
+    ben = sub.add_parser(
+        "bench", help="run the benchmark suite and write DIR/bench.json with plots",
+        description=_wrap("Time the Numba kernel on small and large, 2D and 3D lattices with default "
+                          "rules: set-up, compile (or cache load) and stepping separately, repeated, with "
+                          "medians and min-max; strong scaling (fixed lattice, each thread count) and weak "
+                          "scaling (lattice grows with the threads), checking in the same run that every "
+                          "thread count gives bit-identical results; memory per lattice site and per "
+                          "effector; the Mesa reference implementation on the same small configuration "
+                          "(skipped, and said so, when Mesa is not installed).",
+                          "Writes, atomically, DIR/bench.json (machine, settings, definitions and, per "
+                          "configuration, site_updates_per_s_per_thread, effector_updates_per_s, "
+                          "cell_hours_per_s, bytes_per_site, threads, speedup, efficiency, mesa_ratio "
+                          "where Mesa ran, and every repeat) and DIR/strong_scaling.png, "
+                          "DIR/weak_scaling.png, DIR/site_updates.png. Each configuration runs in a fresh "
+                          "process whose Numba thread pool holds the largest --threads count. Exit status 1 "
+                          "when the results differ across thread counts (the files are still written).",
+                          "Configurations: " + ", ".join(_bench_config_names()) + ". Default: "
+                          + ", ".join(_bench_sets()[1]) + "; with --quick: " + ", ".join(_bench_sets()[0])
+                          + "."),
+        epilog=_wrap("An existing DIR is replaced only when it is empty or holds nothing but the files of an "
+                     "earlier benchmark.",
+                     "examples:\n  cikabm bench --quick --out results/bench\n"
+                     "  cikabm bench --out benchmarks/results/my-machine --threads 1,2,4,8,16,17"),
+        formatter_class=_Formatter)
+    ben.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    ben.add_argument("--quick", action="store_true",
+                     help="shorter timed windows, 2 repeats, smaller configurations where needed, no cold "
+                          "compile (about a minute on 2 cores)")
+    ben.add_argument("--threads", metavar="LIST", type=_thread_list, default=None,
+                     help="thread counts, comma-separated (default: 1, 2, 4, ... up to the cores, the "
+                          "cores, and cores + 1 for the identity check)")
+    ben.add_argument("--repeats", metavar="N", type=_int_in("--repeats", 1, 100), default=None,
+                     help="timed repeats per thread count (default: 3; 2 with --quick)")
+    ben.add_argument("--configs", metavar="NAMES", type=_config_list, default=None,
+                     help="configurations to run, comma-separated (default: see above)")
+    ben.add_argument("--machine", metavar="NAME", type=_machine_name, default=None,
+                     help="name recorded for this machine (default: CPU model and cores, e.g. amd-epyc-2c)")
+    ben.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    ben.set_defaults(func=cmd_bench)
+
     tea = sub.add_parser(
         "teach", help="serve the teaching app in the browser (needs cikabm[teach])",
         description=_wrap("Start the teaching app: a Mesa/SolaraViz page where a tumour escapes "
@@ -319,8 +390,11 @@ def cmd_params(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
     """Refuse an output path that cannot be (re)placed, before any work is done.
+
+    ``allowed`` names the files an earlier run of the command leaves (an
+    existing directory holding only those may be replaced).
 
     Raises
     ------
@@ -336,7 +410,7 @@ def check_output_dir(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed)
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UserError(f"--out {out}: directory exists and holds files that are not cikabm results "
@@ -590,6 +664,67 @@ def write_results(results: Any, directory: Path, *, scenario_source: bytes | Non
         files.append(path)
     files.extend(save_run_figures(results, directory))
     return files
+
+
+def _bench_config_names() -> list[str]:
+    from cikabm.bench import CONFIGS
+
+    return list(CONFIGS)
+
+
+def _bench_sets() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from cikabm.bench import FULL_SET, QUICK_SET
+
+    return QUICK_SET, FULL_SET
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The ``cikabm bench`` command line that ``args`` stand for (recorded in bench.json)."""
+    import shlex
+
+    words = ["cikabm", "bench"] + (["--quick"] if args.quick else []) + ["--out", str(args.out)]
+    if args.threads is not None:
+        words += ["--threads", ",".join(map(str, args.threads))]
+    if args.repeats is not None:
+        words += ["--repeats", str(args.repeats)]
+    if args.configs is not None:
+        words += ["--configs", ",".join(args.configs)]
+    if args.machine is not None:
+        words += ["--machine", args.machine]
+    return shlex.join(words)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``cikabm bench``: run the benchmark suite, write bench.json and plots atomically."""
+    import time
+
+    from cikabm.bench import BENCH_FILES, BenchError, run_suite, summary_text, write_report
+    from cikabm.io import write_output_dir
+
+    out: Path = args.out
+    check_output_dir(out, BENCH_FILES)
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        if not args.no_progress:
+            print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        report = run_suite(args.configs, quick=args.quick, threads=args.threads, repeats=args.repeats,
+                           machine_name=args.machine, command=_bench_command(args), progress=progress)
+    except BenchError as err:
+        _error(str(err))
+        return EXIT_FAILED
+    try:
+        write_output_dir(out, lambda tmp: write_report(report, tmp))
+    except OSError as err:
+        _error(f"could not write the results to {out}: {err}")
+        return EXIT_FAILED
+    _write_stdout(summary_text(report) + f"results written to {out}\n")
+    if report["checks"]["identical_across_threads"] is False:
+        _error("results differ across thread counts (see checks in bench.json)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_teach(args: argparse.Namespace) -> int:

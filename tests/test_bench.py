@@ -1,0 +1,261 @@
+"""The benchmark suite (``cikabm bench``, :mod:`cikabm.bench`): what it writes, never how fast.
+
+One quick run on the tiny test configurations (``2d_64``, compared with Mesa,
+and ``weak_2d_64``) with 1, 2 and 3 threads is shared by the tests of its
+output; the configurations run in worker processes, as they always do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cikabm import bench
+from cikabm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_MESA = importlib.util.find_spec("mesa") is not None
+
+#: Keys the issue documents for every configuration of bench.json.
+CONFIG_KEYS = ("site_updates_per_s_per_thread", "effector_updates_per_s", "bytes_per_site", "threads", "efficiency")
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "run"
+    rc, stdout, stderr = run_cli(["bench", "--quick", "--configs", "2d_64,weak_2d_64", "--threads", "1,2,3",
+                                  "--machine", "test-box", "--out", str(out)])
+    report = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else None
+    return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "report": report}
+
+
+def test_quick_run_writes_bench_json_with_documented_keys(quick_run: dict[str, Any]):
+    assert quick_run["rc"] == 0, quick_run["stderr"]
+    report = quick_run["report"]
+    assert report["quick"] is True
+    assert report["machine"]["name"] == "test-box"
+    for key in ("cpu", "cores", "python", "numba", "numpy", "threading_layer"):
+        assert report["machine"][key], key
+    assert report["command"].startswith("cikabm bench --quick --out ")
+    assert set(report["configurations"]) == {"2d_64", "weak_2d_64"}
+    for name, entry in report["configurations"].items():
+        for key in CONFIG_KEYS:
+            assert key in entry, (name, key)
+        n = len(entry["threads"])
+        for key in ("site_updates_per_s_per_thread", "effector_updates_per_s", "efficiency", "speedup",
+                    "cell_hours_per_s"):
+            assert len(entry[key]) == n and all(math.isfinite(v) and v > 0 for v in entry[key]), (name, key)
+        assert 1.0 <= entry["bytes_per_site"] <= 64.0
+        assert entry["bytes_per_effector"] > 0
+        for run in entry["runs"]:
+            assert len(run["seconds"]["all"]) == (2 if run["threads"] <= report["machine"]["cores"] else 1)
+            assert run["seconds"]["min"] <= run["seconds"]["median"] <= run["seconds"]["max"]
+        assert entry["efficiency"][0] == pytest.approx(1.0)
+        assert entry["compile_or_cache_load_seconds"] > 0
+        assert entry["setup_seconds"]["median"] > 0
+    assert report["configurations"]["2d_64"]["threads"] == [1, 2, 3]
+    assert report["configurations"]["2d_64"]["oversubscribed"][-1] == (report["machine"]["cores"] < 3)
+    weak = report["configurations"]["weak_2d_64"]
+    assert [r["shape"] for r in weak["runs"]] == [[64, 64 * t] for t in weak["threads"]]
+    assert report["compile"]["cold_compile_seconds"] is None  # not timed with --quick
+    assert set(report["definitions"]) >= set(CONFIG_KEYS) - {"threads"}
+
+
+def test_results_identical_across_thread_counts(quick_run: dict[str, Any]):
+    report = quick_run["report"]
+    entry = report["configurations"]["2d_64"]
+    assert entry["identical_across_threads"] is True
+    assert len({run["digest"] for run in entry["runs"]}) == 1
+    assert [run["threads"] for run in entry["runs"]] == [1, 2, 3]
+    assert report["checks"]["identical_across_threads"] is True
+    assert report["checks"]["repeats_identical"] is True
+    assert report["configurations"]["weak_2d_64"]["identical_across_threads"] is None  # sizes differ
+
+
+def test_plots_are_written(quick_run: dict[str, Any]):
+    out: Path = quick_run["out"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(bench.BENCH_FILES)
+    assert quick_run["report"]["files"] == ["bench.json", "strong_scaling.png", "weak_scaling.png",
+                                            "site_updates.png"]
+    for name in names:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_shows_progress_and_the_table(quick_run: dict[str, Any]):
+    assert "2d_64: 3 thread(s), repeat 1/1" in quick_run["stderr"]
+    assert "weak_2d_64 64x128" in quick_run["stderr"]
+    stdout = quick_run["stdout"]
+    assert "site upd/s/thr" in stdout
+    assert "identical across threads 1/2/3: yes" in stdout
+    assert f"results written to {quick_run['out']}" in stdout
+
+
+@pytest.mark.skipif(not HAVE_MESA, reason="Mesa (extra 'teach') is not installed")
+def test_mesa_comparison(quick_run: dict[str, Any]):
+    report = quick_run["report"]
+    entry = report["configurations"]["2d_64"]
+    assert entry["mesa_ratio"] > 0
+    assert report["mesa"]["mesa_ratio"] == entry["mesa_ratio"]
+    cmp_ = entry["mesa"]
+    assert cmp_["mesa_ratio"] == pytest.approx(cmp_["kernel_agent_updates_per_s"] / cmp_["mesa_agent_updates_per_s"])
+    assert cmp_["steps_timed"] == entry["steps_timed"] and cmp_["warmup_steps"] == entry["warmup_steps"]
+    kernel = cmp_["kernel_agent_updates"]
+    assert kernel["agent_updates"] == kernel["tumour_cell_steps"] + kernel["effector_updates"] > 0
+    assert "mesa_ratio" not in report["configurations"]["weak_2d_64"]
+    assert "Mesa reference on 2d_64" in quick_run["stdout"]
+
+
+def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(bench, "mesa_available", lambda: False)
+    out = tmp_path / "run"
+    rc, stdout, stderr = run_cli(["bench", "--quick", "--configs", "2d_64", "--threads", "1", "--out", str(out)])
+    assert rc == 0, stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["mesa"]["available"] is False
+    assert "Mesa is not installed" in report["mesa"]["note"]
+    assert "mesa_ratio" not in report["configurations"]["2d_64"]
+    assert "Mesa is not installed" in stdout and "Mesa is not installed" in stderr
+    assert "strong_scaling.png" in report["files"] and "weak_scaling.png" not in report["files"]
+
+
+@pytest.mark.skipif(not HAVE_MESA, reason="Mesa (extra 'teach') is not installed")
+def test_a_failing_mesa_comparison_keeps_the_kernel_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real = bench._run_worker
+
+    def mesa_fails(spec: dict[str, Any], env: dict[str, str], emit: Any) -> dict[str, Any]:
+        if spec["task"] == "mesa":
+            raise bench.BenchError("benchmark worker for 2d_64 failed (exit status 1):\n  ImportError: mesa")
+        return real(spec, env, emit)
+
+    monkeypatch.setattr(bench, "_run_worker", mesa_fails)
+    out = tmp_path / "run"
+    rc, stdout, _ = run_cli(["bench", "--quick", "--configs", "2d_64", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert "the Mesa comparison failed" in report["mesa"]["note"] and "ImportError" in report["mesa"]["note"]
+    assert "mesa_ratio" not in report["configurations"]["2d_64"]
+    assert report["configurations"]["2d_64"]["site_updates_per_s_per_thread"][0] > 0
+    assert "the Mesa comparison failed" in stdout
+
+
+@pytest.mark.parametrize(("argv", "option", "value"), [
+    (["--threads", "0"], "--threads", "'0'"),
+    (["--threads", "1,two"], "--threads", "'two'"),
+    (["--threads", ","], "--threads", "','"),
+    (["--configs", "2d_256,2d_999"], "--configs", "'2d_999'"),
+    (["--repeats", "0"], "--repeats", "0"),
+    (["--machine", "a/b"], "--machine", "'a/b'"),
+])
+def test_bad_options_exit_2_naming_option_and_value(argv: list[str], option: str, value: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--quick", "--out", str(out), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and value in err
+    assert not out.exists()
+
+
+def test_out_holding_other_files_is_refused_before_any_work(tmp_path: Path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    rc, _, stderr = run_cli(["bench", "--quick", "--configs", "2d_64", "--out", str(out)])
+    assert rc == 2
+    assert f"--out {out}" in stderr and "notes.txt" in stderr
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_worker_exits_1_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def fail(spec: dict[str, Any], env: dict[str, str], emit: Any) -> dict[str, Any]:
+        raise bench.BenchError("benchmark worker for 2d_64 failed (exit status 1):\n  MemoryError")
+
+    monkeypatch.setattr(bench, "_run_worker", fail)
+    out = tmp_path / "run"
+    rc, _, stderr = run_cli(["bench", "--quick", "--configs", "2d_64", "--out", str(out)])
+    assert rc == 1
+    assert "MemoryError" in stderr
+    assert not out.exists()
+
+
+def test_default_threads_cover_more_than_the_cores():
+    assert bench.default_threads(1) == [1, 2]
+    assert bench.default_threads(2) == [1, 2, 3]
+    assert bench.default_threads(16) == [1, 2, 4, 8, 16, 17]
+
+
+def test_configurations_are_valid_data():
+    for name in (*bench.FULL_SET, *bench.QUICK_SET):
+        assert name in bench.CONFIGS
+    assert {"2d_256", "2d_1024", "2d_4096", "3d_128"} <= set(bench.FULL_SET)
+    assert {"2d_256", "2d_1024"} <= set(bench.QUICK_SET)
+    assert any(bench.CONFIGS[n].mesa for n in bench.QUICK_SET)
+    assert any(bench.CONFIGS[n].kind == "weak" for n in bench.FULL_SET)
+    config = bench.CONFIGS["weak_2d_512"]
+    assert config.shape_for(3) == (512, 1536)
+    assert bench.BenchConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="multiple of 36"):
+        bench.BenchConfig("x", (32, 32), "x", steps=50)
+
+
+def test_memory_and_digest_of_a_simulation():
+    from cikabm import Simulation, scenario_from_dict
+
+    sim = Simulation(scenario_from_dict(bench.bench_scenario((40, 40))))
+    mem = bench.memory_footprint(sim)
+    # 7 one-byte arrays per padded site + a coarse float64 field and its copy.
+    assert 7.0 < mem["bytes_per_site"] < 16.0
+    assert mem["bytes_per_effector"] == sum(a.itemsize for a in sim.effectors)
+    assert mem["effector_capacity"] == 1000
+    before = bench.state_digest(sim)
+    assert bench.state_digest(sim) == before
+    sim.advance(3)
+    assert bench.state_digest(sim) != before
+
+
+def test_run_suite_script_rewrites_the_readme_block(quick_run: dict[str, Any], tmp_path: Path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(quick_run["out"], results / "test-box")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nbefore\n\n<!-- bench-results:begin -->\nold\n"
+                      "<!-- bench-results:end -->\n\nafter\n")
+    spec = importlib.util.spec_from_file_location("run_suite", ROOT / "benchmarks" / "run_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert module.main(["--report-only", "--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n") and text.endswith("\n\nafter\n")
+    assert "old" not in text
+    assert "### test-box" in text
+    assert "| 2d_64 (64x64) | 1 |" in text
+    assert "![strong scaling](results/test-box/strong_scaling.png)" in text
+
+
+def test_help_lists_the_configurations(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cikabm bench")
+    for name in bench.CONFIGS:
+        assert name in out
