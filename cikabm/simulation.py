@@ -27,8 +27,9 @@ MHC_KEYS = ("mhc_present", "mhc_lost")
 SNAP_EMPTY, SNAP_MHC_PRESENT, SNAP_MHC_LOST, SNAP_DYING = 0, 1, 2, 3
 
 #: Passes with fewer work items than this run serially (a parallel region
-#: costs more than it saves on small lattices); effector colour classes use
-#: 1/256 of it. Results are identical either way.
+#: costs more than it saves on small lattices); the effector pass runs in
+#: parallel with at least 1/256 of it per colour class in use (9 in 2D, 27 in
+#: 3D). Results are identical either way.
 PARALLEL_MIN_SITES = 65536
 
 
@@ -282,7 +283,6 @@ class Simulation:
         self.arrivals = np.zeros(core.N_KINDS, np.int64)
         self.records = np.zeros((self.disc.n_records, core.N_REC), np.float64)
         self.row_counts = np.zeros((geom.nz * geom.ny, 3), np.int64)
-        self.class_start = np.zeros(core.N_CLASSES + 1, np.int64)
         tum = self.scenario.tumour
         sites = initial_tumour_sites(self.scenario, geom, self.seed, self.patient)
         core.seed_tumour(self.lattice, sites, self.seed, self.patient, tum.ligand_mean, tum.ligand_sd,
@@ -322,7 +322,7 @@ class Simulation:
         core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
                        self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
                        self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
-                       self.records, self.row_counts, self.class_start, PARALLEL_MIN_SITES)
+                       self.records, self.row_counts, numba.get_num_threads(), PARALLEL_MIN_SITES)
         self.step = end
 
     def run(self, *, progress: bool | None = None, n_snapshots: int = 4) -> Results:

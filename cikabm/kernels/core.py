@@ -25,13 +25,36 @@ Step order (one call of :func:`run_steps` repeats it)
    daughter. Dead cells are cleared here.
 4. Effectors, in ``n_sub`` motility sub-steps: death (first sub-step), kill
    completion, granule regeneration, recognition and engagement, movement.
-   Effectors are bucketed by (z mod 3, y mod 3, x mod 3); members of one
-   bucket are at least 3 sites apart, so their radius-1 neighbourhoods never
-   overlap and a bucket is processed in parallel without locks.
-5. IFN-gamma: engaged effectors secrete into the coarse field, which then
-   diffuses and decays in explicit sub-steps.
-6. Dead effectors are removed (stable compaction) and, on record steps, the
-   populations are counted into the record table.
+   Effectors are bucketed by colour class (z mod 3, y mod 3, x mod 3) and the
+   classes run in order; members of one class are at least 3 sites apart, so
+   their radius-1 neighbourhoods never overlap. In parallel, strips of the
+   lattice run their effectors class by class at the same time, and the few
+   effectors near strip boundaries run afterwards: the same order wherever it
+   matters (see "effector zones" below). At the end of each sub-step, engaged
+   effectors secrete IFN-gamma into their coarse field cells.
+5. IFN-gamma: the coarse field diffuses and decays in explicit sub-steps.
+6. On record steps, the populations are counted into the record table.
+
+Dead effectors stay in the arrays (``alive == 0``) until the end of the call,
+or until arrivals need their room, and are then removed by a stable
+compaction. Within a call the effectors are stored in the order of their
+sites, and put back in order of arrival at its end (array order has no effect
+on results). Between calls, the arrays are exactly those of compacting after
+every step.
+
+Performance notes
+-----------------
+* Numba tests a signed array index for wrap-around (negative indexing), and
+  that test stops LLVM from vectorising a loop: the branch-free sweeps loop
+  over unsigned indices (or over ``range(n)`` of a slice).
+* A function inlined by Numba that takes arrays increments and decrements
+  their reference counts on every call: the per-effector update is written
+  out inside its loop, and hot loops read parameters from small local arrays
+  rather than through :class:`KernelParams` attributes.
+* Numba drops writes through a NamedTuple attribute inside a ``prange`` body:
+  parallel loops take the arrays they write as plain arguments.
+* Mixing ``uint64`` and ``int64`` in arithmetic gives ``float64``: every hash
+  constant is a ``np.uint64`` and unsigned indices are added to unsigned bases.
 """
 
 from __future__ import annotations
@@ -39,7 +62,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 # ---------------------------------------------------------------- constants
 EMPTY = 0
@@ -133,9 +160,9 @@ class EffectorState(NamedTuple):
     uid: np.ndarray  # int64 unique id, keys the effector's random draws
     born: np.ndarray  # int64 step of arrival (age = step - born)
     alive: np.ndarray  # uint8
-    event: np.ndarray  # uint8 scratch: what happened this sub-step
-    klass: np.ndarray  # int64 scratch: colour class
-    order: np.ndarray  # int64 scratch: effectors sorted by class
+    event: np.ndarray  # uint8 scratch: the effector's last death or kill (EVENT_*)
+    klass: np.ndarray  # int64 scratch: packed site coordinates << 16 | bucket (see the effector zones)
+    order: np.ndarray  # int64 scratch: two int32 buffers of effectors sorted by bucket (_order_buffers)
 
 
 class KernelParams(NamedTuple):
@@ -269,6 +296,29 @@ def hash_sites(key, sites, out):
 
 
 # ---------------------------------------------------------------- helpers
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Ask the CPU to bring ``arr[idx]`` into cache (a hint: no effect on results).
+
+    ``idx`` must lie inside the array (no wrap-around or bounds check is made).
+    """
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                        cgutils.unpack_tuple(builder, ary.strides), aryty.layout, [args[1]],
+                                        wraparound=False, boundscheck=False)
+        i8p = ir.PointerType(ir.IntType(8))
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def _to_level(x):
     if x < 0.0:
@@ -293,22 +343,6 @@ def seed_tumour(lat, sites, seed, patient, ligand_mean, ligand_sd, mhc_mean, mhc
         lat.mhc_lost[s] = 1 if lost else 0
 
 
-@njit(cache=True, inline="always")
-def _site_zyx(s, py, px):
-    plane = py * px
-    z = s // plane
-    rem = s - z * plane
-    y = rem // px
-    return z, y, rem - y * px
-
-
-@njit(cache=True, inline="always")
-def _coarse_index(s, geom):
-    z, y, x = _site_zyx(s, geom.py, geom.px)
-    c = geom.coarsening
-    return (((z - geom.z0) // c) * geom.cy + (y - 1) // c) * geom.cx + (x - 1) // c
-
-
 @njit(cache=True)
 def random_interior_site(bits, geom):
     """Uniform interior site (flat padded index) from 64 random bits."""
@@ -322,103 +356,255 @@ def random_interior_site(bits, geom):
 
 
 # ---------------------------------------------------------------- tumour
+# Both tumour passes work on blocks of whole rows (a row: fixed z and y, all
+# x), and within a row only on its *hull*: the span from the first to the
+# last occupied (LIVE or DYING) site. Everything else in the row is EMPTY and
+# has nothing to do. Hulls are kept from step to step: a site can only become
+# occupied next to a live cell (division), so the occupied sites of a row lie
+# within the previous hulls of the row and its neighbour rows, grown by one
+# site; the propose pass shrinks that candidate span to the exact hull by
+# skipping EMPTY sites at both ends. Rows are read from the previous step's
+# hulls and write their own, in a second buffer: rows stay independent.
+#
+# In the hull, the proposal pass first counts, in chunks of ``_CHUNK`` sites,
+# the live cells whose draw says "event", in a branch-free loop the compiler
+# vectorises; only a chunk with a count redoes its sites one by one. Every
+# site does exactly what the one-sweep rule did, in the same order, so results
+# are unchanged.
+ROW_BLOCK = 8  # rows per parallel work item
+_CHUNK = 64
+_NOT_LIVE = np.int64(1) << np.int64(40)  # added to a 32-bit draw: never below a threshold
+
+
 @njit(cache=True, inline="always")
-def _propose_row(r, cell, proposal, geom, key_event, thr_death, thr_event):
-    offsets = geom.offsets
-    nnb = geom.n_neighbours
-    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
-    for x in range(1, geom.nx + 1):
-        s = base + x
-        proposal[s] = 0
-        if cell[s] != LIVE:
-            continue
-        bits = draw(key_event, s)
-        u = bits >> _S32
-        if u >= thr_event:
-            continue
-        if u < thr_death:
-            cell[s] = DYING
-            continue
-        n_empty = 0
-        for k in range(1, nnb + 1):
-            if cell[s + offsets[k]] == EMPTY:
-                n_empty += 1
-        if n_empty == 0:
-            continue  # contact inhibition
-        chosen = pick(bits, n_empty)
-        for k in range(1, nnb + 1):
-            if cell[s + offsets[k]] == EMPTY:
-                if chosen == 0:
-                    proposal[s] = k
-                    break
-                chosen -= 1
+def _row_base(r, ny, z0, py, px):
+    """Flat padded index of the first interior site (x = 1) of interior row ``r``."""
+    z = r // ny
+    return ((z + z0) * py + (r - z * ny) + 1) * px + 1
+
+
+@njit(cache=True, inline="always")
+def _candidate_span(r, hull_prev, nz, ny, nx):
+    """Sites of row ``r`` that may be occupied: neighbour rows' hulls grown by one."""
+    z = r // ny
+    y = r - z * ny
+    lo = nx
+    hi = 0
+    for zz in range(max(z - 1, 0), min(z + 2, nz)):
+        for yy in range(max(y - 1, 0), min(y + 2, ny)):
+            rr = zz * ny + yy
+            if hull_prev[rr, 0] < hull_prev[rr, 1]:
+                lo = min(lo, hull_prev[rr, 0] - 1)
+                hi = max(hi, hull_prev[rr, 1] + 1)
+    return max(lo, 0), min(hi, nx)
+
+
+@njit(cache=True, inline="always")
+def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px,
+                  key_event, thr_death, thr_event):
+    thr_i = np.int64(thr_event)
+    draws = np.empty(_CHUNK, np.int64)
+    for r in range(r0, r1):
+        base = _row_base(r, ny, z0, py, px)
+        cell_row = cell[base:base + nx]
+        prop_row = proposal[base:base + nx]
+        prop_row[:] = 0
+        lo, hi = _candidate_span(r, hull_prev, nz, ny, nx)
+        while lo < hi and cell_row[lo] == EMPTY:
+            lo += 1
+        while hi > lo and cell_row[hi - 1] == EMPTY:
+            hi -= 1
+        hull[r, 0] = lo
+        hull[r, 1] = hi
+        ubase = np.uint64(base)
+        for x0 in range(lo, hi, _CHUNK):
+            x1 = min(x0 + _CHUNK, hi)
+            ux0 = np.uint64(x0)
+            n_event = 0
+            # Vectorised. Unsigned indices: a signed one makes Numba test for
+            # negative (wrap-around) indexing, which stops the vectoriser.
+            for xu in range(ux0, np.uint64(x1)):
+                u = mix64(key_event ^ ((ubase + xu) * _GOLDEN)) >> _S32
+                v = np.int64(u) + np.int64(cell_row[xu] != LIVE) * _NOT_LIVE
+                draws[xu - ux0] = v
+                n_event += v < thr_i
+            if n_event == 0:
+                continue
+            for j in range(x1 - x0):
+                if draws[j] >= thr_i:  # not live, or no event
+                    continue
+                s = base + x0 + j
+                bits = draw(key_event, s)
+                if (bits >> _S32) < thr_death:
+                    cell[s] = DYING
+                    continue
+                n_empty = 0
+                for k in range(1, nnb + 1):
+                    if cell[s + offsets[k]] == EMPTY:
+                        n_empty += 1
+                if n_empty == 0:
+                    continue  # contact inhibition
+                chosen = pick(bits, n_empty)
+                for k in range(1, nnb + 1):
+                    if cell[s + offsets[k]] == EMPTY:
+                        if chosen == 0:
+                            proposal[s] = k
+                            break
+                        chosen -= 1
 
 
 @njit(cache=True, parallel=True)
-def _propose_parallel(cell, proposal, geom, key_event, thr_death, thr_event):
-    for r in prange(geom.nz * geom.ny):
-        _propose_row(r, cell, proposal, geom, key_event, thr_death, thr_event)
+def _propose_parallel(cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px, key_event,
+                      thr_death, thr_event):
+    n_rows = nz * ny
+    for b in prange((n_rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        _propose_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, proposal, hull_prev, hull,
+                      offsets, nnb, nx, ny, nz, z0, py, px, key_event, thr_death, thr_event)
+
+
+@njit(cache=True)
+def _propose_pass(lat, geom, hull_prev, hull, key_event, thr_death, thr_event, parallel):
+    if parallel:
+        _propose_parallel(lat.cell, lat.proposal, hull_prev, hull, geom.offsets, geom.n_neighbours,
+                          geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, key_event, thr_death,
+                          thr_event)
+    else:
+        _propose_rows(0, geom.nz * geom.ny, lat.cell, lat.proposal, hull_prev, hull, geom.offsets,
+                      geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, key_event,
+                      thr_death, thr_event)
+
+
+@njit(cache=True)
+def full_hulls(n_rows, nx):
+    """Row hulls (see :func:`tumour_propose`) that claim every site: a safe start."""
+    hull = np.empty((n_rows, 2), np.int64)
+    hull[:, 0] = 0
+    hull[:, 1] = nx
+    return hull
 
 
 @njit(cache=True)
 def tumour_propose(lat, geom, key_event, thr_death, thr_event, parallel):
     """Phase 1: death, and division proposals into empty neighbours.
 
-    Rows are independent: a row writes only its own sites, and reads of
-    neighbour emptiness cannot change in this phase (deaths turn LIVE into
-    DYING, never into EMPTY).
+    Every interior site's proposal byte is cleared; a live cell whose draw
+    says "event" dies (turns DYING) or, if it has empty neighbours, writes the
+    index of the one its draw picks. Rows are independent: a row writes only
+    its own sites, and reads of neighbour emptiness cannot change in this
+    phase (deaths turn LIVE into DYING, never into EMPTY). Returns the row
+    hulls (first and last + 1 occupied x of every row), which
+    :func:`tumour_resolve` may take.
     """
-    if parallel:
-        _propose_parallel(lat.cell, lat.proposal, geom, key_event, thr_death, thr_event)
-    else:
-        for r in range(geom.nz * geom.ny):
-            _propose_row(r, lat.cell, lat.proposal, geom, key_event, thr_death, thr_event)
+    n_rows = geom.nz * geom.ny
+    hull = np.empty((n_rows, 2), np.int64)
+    _propose_pass(lat, geom, full_hulls(n_rows, geom.nx), hull, key_event, thr_death, thr_event, parallel)
+    return hull
 
 
 @njit(cache=True, inline="always")
-def _resolve_row(r, cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
-                 key_clear, thr_clear, thr_mhc_loss, inherit_sd):
-    offsets = geom.offsets
-    nnb = geom.n_neighbours
-    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
-    for x in range(1, geom.nx + 1):
-        s = base + x
-        if cell[s] == DYING:
-            if hit(draw(key_clear, s), thr_clear):
-                cell[s] = EMPTY
+def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flags, dying, draws, offsets, nnb,
+                  nx, ny, z0, py, px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd):
+    """Resolve the rows ``r0 .. r1 - 1`` within their hulls.
+
+    A vectorised sweep writes a flag byte per site: 1 dying, 2 proposing. The
+    flagged sites are then visited in increasing x, eight flags at a time
+    (``flags`` holds at least ``nx + 8`` bytes, a multiple of 8): proposals
+    are resolved on the spot, dying sites listed in ``dying`` and their
+    clearance drawn afterwards, vectorised (``draws``: scratch as long).
+    Clearing a dying cell and resolving a proposal touch different sites
+    (targets were EMPTY), so the order between the two does not matter.
+    """
+    words = flags.view(np.uint64)
+    thr_clear_i = np.int64(thr_clear)
+    for r in range(r0, r1):
+        lo = hull[r, 0]
+        hi = hull[r, 1]
+        if lo >= hi:
             continue
-        d = proposal[s]
-        if d == 0:
-            continue
-        t = s + offsets[d]
-        n_prop = 0
-        rank = 0
-        for k in range(1, nnb + 1):
-            n = t + offsets[k]
-            dn = proposal[n]
-            if dn != 0 and n + offsets[dn] == t:
-                if n == s:
-                    rank = n_prop
-                n_prop += 1
-        if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
-            continue
-        cell[t] = LIVE
-        a = 4 * t
-        ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
-        mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
-        fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
-        if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
-            mhc_lost[t] = 1
-        else:
-            mhc_lost[t] = 0
+        base = _row_base(r, ny, z0, py, px)
+        cell_row = cell[base:base + nx]
+        prop_row = proposal[base:base + nx]
+        w0 = lo >> 3
+        w1 = (hi + 7) >> 3
+        words[w0] = 0
+        words[w1 - 1] = 0
+        for xu in range(np.uint64(lo), np.uint64(hi)):  # vectorised (unsigned: see _propose_rows)
+            flags[xu] = np.uint8(cell_row[xu] == DYING) | (np.uint8(prop_row[xu] != 0) << np.uint8(1))
+        n_dying = 0
+        for wi in range(w0, w1):
+            w = words[wi]
+            while w != 0:
+                tz = np.int64(trailing_zeros(w))  # first flagged site left: one bit per flagged site
+                w &= w - np.uint64(1)
+                x = 8 * wi + (tz >> 3)
+                if tz & 7 == 0:  # dying
+                    dying[n_dying] = x
+                    n_dying += 1
+                    continue
+                s = base + x
+                d = proposal[s]
+                t = s + offsets[d]
+                n_prop = 0
+                rank = 0
+                for k in range(1, nnb + 1):
+                    n = t + offsets[k]
+                    dn = proposal[n]
+                    if dn != 0 and n + offsets[dn] == t:
+                        if n == s:
+                            rank = n_prop
+                        n_prop += 1
+                if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
+                    continue
+                cell[t] = LIVE
+                a = 4 * t
+                ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
+                mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
+                fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
+                if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
+                    mhc_lost[t] = 1
+                else:
+                    mhc_lost[t] = 0
+        ubase = np.uint64(base)
+        for j in range(n_dying):  # vectorised
+            draws[j] = np.int64(mix64(key_clear ^ ((ubase + np.uint64(dying[j])) * _GOLDEN)) >> _S32)
+        for j in range(n_dying):
+            if draws[j] < thr_clear_i:
+                cell_row[dying[j]] = EMPTY
+
+
+@njit(cache=True, inline="always")
+def _flag_buffer(nx):
+    return np.empty(((nx + 15) // 8) * 8, np.uint8)
 
 
 @njit(cache=True, parallel=True)
-def _resolve_parallel(cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
-                      key_clear, thr_clear, thr_mhc_loss, inherit_sd):
-    for r in prange(geom.nz * geom.ny):
-        _resolve_row(r, cell, proposal, ligand, mhc, fas, mhc_lost, geom, key_winner, key_inherit,
-                     key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+def _resolve_parallel(cell, proposal, ligand, mhc, fas, mhc_lost, hull, offsets, nnb, nx, ny, nz, z0, py, px,
+                      key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd):
+    n_rows = nz * ny
+    for b in prange((n_rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        flags = _flag_buffer(nx)
+        dying = np.empty(nx, np.int64)
+        draws = np.empty(nx, np.int64)
+        _resolve_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, proposal, ligand, mhc, fas,
+                      mhc_lost, hull, flags, dying, draws, offsets, nnb, nx, ny, z0, py, px, key_winner, key_inherit,
+                      key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+
+
+@njit(cache=True)
+def _resolve_pass(lat, geom, hull, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd,
+                  parallel):
+    if parallel:
+        _resolve_parallel(lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, hull,
+                          geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py,
+                          geom.px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
+                          inherit_sd)
+    else:
+        flags = _flag_buffer(geom.nx)
+        _resolve_rows(0, geom.nz * geom.ny, lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas,
+                      lat.mhc_lost, hull, flags, np.empty(geom.nx, np.int64), np.empty(geom.nx, np.int64),
+                      geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.z0,
+                      geom.py, geom.px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
+                      inherit_sd)
 
 
 @njit(cache=True)
@@ -427,15 +613,11 @@ def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear, thr
     """Phase 2: one winner per target writes the daughter; clear dead cells.
 
     Only the winning proposer writes a target (which was EMPTY, so no other
-    row clears it), and proposals are read-only here: race-free.
+    row clears it, and it is neither dying nor a proposer itself), and
+    proposals are read-only here: race-free, and rows may run in any order.
     """
-    if parallel:
-        _resolve_parallel(lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, geom,
-                          key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd)
-    else:
-        for r in range(geom.nz * geom.ny):
-            _resolve_row(r, lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, geom,
-                         key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+    _resolve_pass(lat, geom, full_hulls(geom.nz * geom.ny, geom.nx), key_winner, key_inherit, key_clear,
+                  thr_clear, thr_mhc_loss, inherit_sd, parallel)
 
 
 # ---------------------------------------------------------------- effectors
@@ -461,154 +643,525 @@ def effective_mhc(mhc_level, lost, ifn_response):
     return m + (1.0 - m) * ifn_response
 
 
+@njit(cache=True)
+def _effector_tables(prm):
+    """The effector rules' parameters unpacked from ``prm`` into five small arrays.
+
+    ``kf[kind] = (nkg2d_rate, missing_self, tcr_rate)``;
+    ``ku[kind] = (thr_eff_death, thr_move, fasl)`` and
+    ``ku[N_KINDS] = (granules_max, kill_capacity, well_mixed)``;
+    ``thr = (perforin_done, fas_done, perforin_same, fas_same, regen, persist)``;
+    ``ff = (fas_threshold, dt_sub_hours, ifn_half_effect)``;
+    ``level[k] = k / 255`` for k < 256, then the NKG2D signal of the 256 ligand levels.
+    """
+    kf = np.empty((N_KINDS, 3), np.float64)
+    ku = np.empty((N_KINDS + 1, 3), np.uint64)
+    for k in range(N_KINDS):
+        kf[k, 0] = prm.nkg2d_rate[k]
+        kf[k, 1] = prm.missing_self[k]
+        kf[k, 2] = prm.tcr_rate[k]
+        ku[k, 0] = prm.thr_eff_death[k]
+        ku[k, 1] = prm.thr_move[k]
+        ku[k, 2] = prm.fasl[k]
+    ku[N_KINDS, 0] = prm.granules_max
+    ku[N_KINDS, 1] = prm.kill_capacity
+    ku[N_KINDS, 2] = 1 if prm.well_mixed else 0
+    thr = np.empty(6, np.uint64)
+    thr[0] = prm.thr_perforin_done
+    thr[1] = prm.thr_fas_done
+    thr[2] = prm.thr_perforin_same
+    thr[3] = prm.thr_fas_same
+    thr[4] = prm.thr_regen
+    thr[5] = prm.thr_persist
+    ff = np.empty(3, np.float64)
+    ff[0] = prm.fas_threshold
+    ff[1] = prm.dt_sub_hours
+    ff[2] = prm.ifn_half_effect
+    level = np.empty(512, np.float64)
+    for k in range(256):
+        level[k] = k / 255.0
+        level[256 + k] = prm.nkg2d_signal[k]
+    return kf, ku, thr, ff, level
+
+
+# An upper bound of ``hazard_to_probability(x / dt, dt) = -expm1(-x)`` (which is
+# below ``x``) with room for the rounding of ``expm1``: a uniform draw at or
+# above it cannot be below the probability, so ``expm1`` need not be called.
+_EXPM1_BOUND = 1.0 + 1e-9
+
+
+# ------------------------------------------------ effector zones (colour classes in strips)
+# The order the rules define: colour class by colour class (0..26), every
+# effector of a class after every effector of the classes before it. Within a
+# class, order does not matter: two effectors of one class are at least 3
+# sites apart, and an effector touches only the 3x3(x3) box around the site it
+# starts the sub-step on, so same-class effectors touch disjoint sites.
+#
+# Two effectors conflict (touch a common site) only within Chebyshev distance
+# 2, and then they are of different classes. Results equal those of the class
+# order as long as every conflicting pair runs in class order. A sub-step runs
+# the effectors in zones:
+#
+# * the lattice is cut into ``n_strips`` strips of whole layers ``u`` (y in
+#   2D, z in 3D); strip k keeps the effectors at ``u`` in
+#   ``[b_k + 2 l, b_{k+1} - 2 l)`` with ``l = u mod 3`` (no margin at the
+#   outer walls): strips run at the same time, each in class order;
+# * the rest (a few layers either side of each inner strip boundary) runs
+#   afterwards, serially, in class order.
+#
+# Why this is the class order for every conflicting pair: ``l`` is the leading
+# digit of the class (class = 9 (z mod 3) + 3 (y mod 3) + x mod 3, z = 0 in
+# 2D). A conflicting pair with equal ``l`` lies in the same layer (|du| <= 2
+# and du = 0 mod 3); otherwise the lower class has the lower ``l``. So the
+# earlier effector of a pair that conflicts with a kept effector at ``u``, of
+# digit ``l``, is at most 2 layers away with a lower digit, hence kept in the
+# same strip: the kept sets are closed under "must run before", and the rest
+# only needs what ran before it. Kept effectors of neighbouring strips are at
+# least 3 layers apart (1 + 2 (l + l'), and same-class when l = l' = 0), so no
+# two strips touch a common site.
+#
+# (The field is only read during a sub-step; secretion is added after it.)
+#
+# Bookkeeping. An effector's *bucket* is ``zone * N_CLASSES + class``; its
+# ``klass`` entry holds its packed site coordinates and bucket, and follows
+# its moves. The first sub-step of a call sorts all effectors into buckets (a
+# counting sort: one *source*) and sets the strip boundaries, at quantiles of
+# the effector count over layers; they stay fixed for the call. Afterwards
+# each zone, right after its updates, sorts its own effectors by their new
+# buckets into its own segment of the other order buffer: the next sub-step
+# (of this step or the next) reads bucket (zone, class) as one range per
+# source, so no pass over all effectors stands between two sub-steps. A
+# step's arrivals are sorted as one more source. A compaction, a change in
+# the number of strips, and well-mixed motility (the shuffle moves
+# everyone) start the lists afresh.
 @njit(cache=True, inline="always")
-def _ifn_response(ifn, half):
-    return ifn / (ifn + half) if ifn > 0.0 else 0.0
+def _fast_divmod(a, d, inv_d):
+    """``divmod(a, d)`` for 0 <= a < 2**52 through a float reciprocal, corrected to exact."""
+    q = np.int64(a * inv_d)
+    r = a - q * d
+    if r < 0:
+        q -= 1
+        r += d
+    elif r >= d:
+        q += 1
+        r -= d
+    return q, r
 
 
 @njit(cache=True, inline="always")
-def _kill(i, t, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event):
-    """Effector ``i`` kills the cell on ``t`` by ``mech``: record it, free the effector."""
-    cell[t] = DYING
-    e_event[i] = EVENT_KILL + 2 * mech + mhc_lost[t]
-    e_kills[i] += 1
-    if mech == MECH_PERFORIN:
-        e_granules[i] -= 1
-    e_target[i] = -1
+def _bits(n):
+    """Number of bits to hold 0 .. n - 1."""
+    b = 1
+    while (1 << b) < n:
+        b += 1
+    return b
+
+
+@njit(cache=True)
+def _site_tables(geom):
+    """Per-layer, per-row and per-column parts of a site's colour class and field cell.
+
+    For a site (z, y, x), ``t[z] + t[pz + y] + t[pz + py + x]`` is
+    ``class + 256 * field_cell``.
+    """
+    pz, py, px = geom.pz, geom.py, geom.px
+    c = geom.coarsening
+    t = np.zeros(pz + py + px, np.int64)
+    for z in range(pz):
+        t[z] = (z % 3) * 9 + 256 * (max(z - geom.z0, 0) // c) * geom.cy * geom.cx
+    for y in range(py):
+        t[pz + y] = (y % 3) * 3 + 256 * (max(y - 1, 0) // c) * geom.cx
+    for x in range(px):
+        t[pz + py + x] = (x % 3) + 256 * (max(x - 1, 0) // c)
+    return t
+
+
+@njit(cache=True)
+def _move_tables(geom):
+    """Packed coordinates (see :func:`_pack`): their widths, and the effect of each move.
+
+    ``shape = (bits of x, bits of y, mask of x, mask of y)``; ``dp[h]`` is what
+    a move to neighbour ``h`` adds to packed coordinates; ``cnext[c, h]`` the
+    colour class after a move to neighbour ``h`` from class ``c``.
+    """
+    sx = _bits(geom.px)
+    sy = _bits(geom.py)
+    shape = np.array([sx, sy, (1 << sx) - 1, (1 << sy) - 1], np.int64)
+    nnb = geom.n_neighbours
+    dp = np.zeros(nnb + 1, np.int64)
+    cnext = np.zeros((N_CLASSES, nnb + 1), np.int64)
+    plane = geom.py * geom.px
+    for h in range(nnb + 1):
+        off = geom.offsets[h]
+        # the offset as (dz, dy, dx), each in -1 .. 1
+        dz = (off + plane + plane // 2) // plane - 1 if geom.dims == 3 else 0
+        rem = off - dz * plane
+        dy = (rem + geom.px + geom.px // 2) // geom.px - 1
+        dx = rem - dy * geom.px
+        dp[h] = (dz << (sx + sy)) + (dy << sx) + dx
+        for c in range(N_CLASSES):
+            cz, cy, cx = c // 9, (c // 3) % 3, c % 3
+            cnext[c, h] = ((cz + dz) % 3) * 9 + ((cy + dy) % 3) * 3 + (cx + dx) % 3
+    return shape, dp, cnext
+
+
+@njit(cache=True, inline="always")
+def _pack(z, y, x, sx, sy):
+    """Coordinates packed into one integer: ``(z << (sx + sy)) + (y << sx) + x``."""
+    return (z << (sx + sy)) + (y << sx) + x
+
+
+@njit(cache=True, inline="always")
+def _field_cell(packed, sx, sy, mx, my, pz, py, tab):
+    """Field cell of a site from its packed coordinates."""
+    x = packed & mx
+    y = (packed >> sx) & my
+    z = packed >> (sx + sy)
+    return (tab[z] + tab[pz + y] + tab[pz + py + x]) >> 8
+
+
+@njit(cache=True, inline="always")
+def _layer(packed, three_d, sx, sy, my):
+    """Layer ``u`` (z in 3D, y in 2D) of a site from its packed coordinates."""
+    return packed >> (sx + sy) if three_d else (packed >> sx) & my
+
+
+@njit(cache=True)
+def _set_zones(n_strips, hist, zone_of):
+    """Strip boundaries at quantiles of ``hist`` (effectors per layer) and the zone of every layer."""
+    n_u = hist.shape[0]
+    if n_strips == 1:
+        zone_of[:] = 0
+        return
+    n_live = 0
+    for u in range(n_u):
+        n_live += hist[u]
+    bounds = np.empty(n_strips + 1, np.int64)
+    bounds[0] = 1  # layers 1 .. n_u - 2 are interior
+    bounds[n_strips] = n_u - 1
+    k = 1
+    cum = 0
+    for u in range(1, n_u - 1):
+        while k < n_strips and cum * n_strips >= k * n_live:
+            bounds[k] = u
+            k += 1
+        cum += hist[u]
+    while k < n_strips:
+        bounds[k] = n_u - 1
+        k += 1
+    zone_of[:] = n_strips
+    for k in range(n_strips):
+        for u in range(bounds[k], bounds[k + 1]):
+            margin = 2 * (u % 3)
+            if (k == 0 or u >= bounds[k] + margin) and (k == n_strips - 1 or u < bounds[k + 1] - margin):
+                zone_of[u] = k
+
+
+@njit(cache=True)
+def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, shape, zone_of, hist, n_strips):
+    """Counting sort of the live effectors ``i0 .. i1 - 1`` into buckets: one source.
+
+    ``klass[i]`` becomes ``packed_coordinates << 16 | bucket`` (-1 for a dead
+    effector: it is in no bucket and is not updated again); bucket ``b`` is
+    ``order[base + counts[b]:base + counts[b + 1]]``. With ``hist`` non-empty,
+    the effectors per layer are counted into it first and the zones set from
+    them (:func:`_set_zones` for ``n_strips``). Returns the number sorted.
+    """
+    three_d = geom.dims == 3
+    pz, py, px = geom.pz, geom.py, geom.px
+    sx, sy, my = shape[0], shape[1], shape[3]
+    plane = py * px
+    inv_plane = 1.0 / plane
+    inv_px = 1.0 / px
+    set_zones = hist.shape[0] > 0
+    if set_zones:
+        hist[:] = 0
+    for i in range(i0, i1):  # packed coordinates and class
+        if e_alive[i] == 0:
+            klass[i] = -1
+            continue
+        z = 0
+        rem = e_pos[i]
+        if three_d:
+            z, rem = _fast_divmod(rem, plane, inv_plane)
+        y, x = _fast_divmod(rem, px, inv_px)
+        klass[i] = (_pack(z, y, x, sx, sy) << 16) | ((tab[z] + tab[pz + y] + tab[pz + py + x]) & 255)
+        if set_zones:
+            hist[z if three_d else y] += 1
+    if set_zones:
+        _set_zones(n_strips, hist, zone_of)
+    counts[:] = 0
+    n = 0
+    for i in range(i0, i1):  # buckets
+        kl = klass[i]
+        if kl < 0:
+            continue
+        b = zone_of[_layer(kl >> 16, three_d, sx, sy, my)] * N_CLASSES + (kl & 0xFFFF)
+        klass[i] = ((kl >> 16) << 16) | b
+        counts[b + 1] += 1
+        n += 1
+    n_buckets = counts.shape[0] - 1
+    for b in range(n_buckets):
+        counts[b + 1] += counts[b]
+    for i in range(i0, i1):
+        kl = klass[i]
+        if kl >= 0:
+            b = kl & 0xFFFF
+            order[base + counts[b]] = i
+            counts[b] += 1
+    for b in range(n_buckets, 0, -1):
+        counts[b] = counts[b - 1]
+    counts[0] = 0
+    return n
+
+
+_PREFETCH_AHEAD = 8  # effectors
 
 
 # Numba drops writes made through a NamedTuple attribute inside a prange body
-# (``state.array[i] = v`` is lost), so the per-effector update takes the arrays
-# it writes as plain arguments, unpacked outside the parallel loop.
+# (``state.array[i] = v`` is lost), so the zone update takes the arrays it
+# writes as plain arguments, unpacked outside the parallel loop. The update of
+# one effector is written out inside the loop on purpose: an inlined function
+# taking arrays costs a reference-count increment and decrement of each array
+# on every call.
+@njit(cache=True)
+def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
+                 cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                 e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                 offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                 three_d, pz, py, tab, shape, dp, cnext, zone_of):
+    """One sub-step of every effector of one zone, in class order.
+
+    Bucket (zone, class) is ``order[seg[t] + loff[t, b]:seg[t] + loff[t, b + 1]]``
+    for each source ``t < n_src``. Per effector: death (first sub-step), kill
+    completion, granule regeneration, recognition and engagement, movement;
+    kills are counted in ``kz[zone]``. Engagement is a competing hazard over
+    the contact neighbourhood (own site + neighbours): engage with probability
+    ``1 - exp(-R dt)``, ``R`` the summed recognition rate, on a target picked
+    in proportion to its rate by a one-pass weighted reservoir (one draw per
+    candidate). The sum is taken first and the reservoir pass runs only when
+    the engagement draw succeeds: the same draws decide, so the outcome is
+    that of drawing everything, at a fraction of the work. The parameters come
+    unpacked by :func:`_effector_tables`.
+
+    ``klass[i]`` follows the effector: a move updates its packed coordinates
+    and bucket, a death sets it to -1 (deaths are counted in ``kz[zone, 16]``).
+    With ``next_order`` non-empty, the zone then sorts its effectors by their
+    new buckets into ``next_order[next_seg[zone]:]``, offsets in
+    ``next_loff[zone]`` (it is source ``zone`` of the next sub-step). Last, it
+    writes the field cells of its engaged effectors over its own ranges of
+    ``order`` (which nobody reads again in this sub-step), ``nsec[zone]`` of
+    them: the secretion, added once every zone has read the field
+    (:func:`_secrete`).
+    """
+    granules_max = ku[N_KINDS, 0]
+    kill_capacity = ku[N_KINDS, 1]
+    well_mixed = ku[N_KINDS, 2] != 0
+    thr_perforin_done, thr_fas_done = thr[0], thr[1]
+    thr_perforin_same, thr_fas_same = thr[2], thr[3]
+    thr_regen, thr_persist = thr[4], thr[5]
+    fas_threshold, dt_sub, ifn_half = ff[0], ff[1], ff[2]
+    key_death, key_complete, key_regen, key_scan = keys[0], keys[1], keys[2], keys[3]
+    key_engage, key_move, key_turn = keys[4], keys[5], keys[6]
+    sx, sy, mx, my = shape[0], shape[1], shape[2], shape[3]
+    b0 = zone * N_CLASSES
+    px = tab.shape[0] - pz - py
+    plane = py * px
+    for c in range(N_CLASSES):
+        for src in range(n_src):
+            j_end = seg[src] + loff[src, b0 + c + 1]
+            for j in range(seg[src] + loff[src, b0 + c], j_end):
+                if j + _PREFETCH_AHEAD < j_end:
+                    # The lattice lines the effector _PREFETCH_AHEAD places on will read
+                    # (memory latency, not work, bounds this loop on large lattices).
+                    a = e_pos[order[j + _PREFETCH_AHEAD]] - px - 1 - (plane if three_d else 0)
+                    for _dz in range(3 if three_d else 1):
+                        for dy in range(3):
+                            prefetch(cell, a + dy * px)
+                            prefetch(has_effector, a + dy * px)
+                        a += plane
+                i = order[j]
+                pos = e_pos[i]
+                kind = e_kind[i]
+                uid = e_uid[i]
+                if first_sub and hit(draw(key_death, uid), ku[kind, 0]):
+                    e_alive[i] = 0
+                    e_event[i] = EVENT_DIED
+                    has_effector[pos] = 0
+                    e_target[i] = -1
+                    klass[i] = -1
+                    kz[zone, 16] += 1
+                    continue
+                t = e_target[i]
+                if t >= 0:
+                    if cell[t] != LIVE:
+                        e_target[i] = -1  # target died another way: free again
+                    else:
+                        mech = e_mechanism[i]
+                        thr_done = thr_perforin_done if mech == MECH_PERFORIN else thr_fas_done
+                        if hit(draw(key_complete, uid), thr_done):
+                            cell[t] = DYING
+                            lost = mhc_lost[t]
+                            e_event[i] = EVENT_KILL + 2 * mech + lost
+                            kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
+                            e_kills[i] += 1
+                            if mech == MECH_PERFORIN:
+                                e_granules[i] -= 1
+                            e_target[i] = -1
+                        continue  # engaged effectors do not move
+                if e_granules[i] < granules_max and hit(draw(key_regen, uid), thr_regen):
+                    e_granules[i] += 1
+                if e_kills[i] < kill_capacity:
+                    has_granules = e_granules[i] > 0
+                    if has_granules or ku[kind, 2] != 0:
+                        g = -1.0  # IFN-gamma response, found at the first live neighbour
+                        rate_nkg2d = kf[kind, 0]
+                        weight_self = kf[kind, 1]
+                        rate_tcr = kf[kind, 2]
+                        total = 0.0
+                        for k in range(nnb + 1):
+                            n = pos + offsets[k]
+                            if cell[n] != LIVE:
+                                continue
+                            if g < 0.0:
+                                x = ifn[_field_cell(klass[i] >> 16, sx, sy, mx, my, pz, py, tab)]
+                                g = x / (x + ifn_half) if x > 0.0 else 0.0
+                            if not has_granules:  # Fas/FasL only: needs enough effective Fas
+                                f = level[fas[n]]
+                                if f + (1.0 - f) * g < fas_threshold:
+                                    continue
+                            m = 0.0  # effective MHC-I (see effective_mhc)
+                            if mhc_lost[n] != 1:
+                                m = level[mhc[n]]
+                                m = m + (1.0 - m) * g
+                            r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
+                            if r <= 0.0:
+                                continue
+                            total += r
+                        engaged = False
+                        if total > 0.0:
+                            u = uniform(draw(key_engage, uid))
+                            if u < total * dt_sub * _EXPM1_BOUND and u < hazard_to_probability(total, dt_sub):
+                                # The reservoir pass, with the same partial sums.
+                                total = 0.0
+                                chosen = -1
+                                for k in range(nnb + 1):
+                                    n = pos + offsets[k]
+                                    if cell[n] != LIVE:
+                                        continue
+                                    if not has_granules:
+                                        f = level[fas[n]]
+                                        if f + (1.0 - f) * g < fas_threshold:
+                                            continue
+                                    m = 0.0
+                                    if mhc_lost[n] != 1:
+                                        m = level[mhc[n]]
+                                        m = m + (1.0 - m) * g
+                                    r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
+                                    if r <= 0.0:
+                                        continue
+                                    total += r
+                                    if uniform(draw(key_scan, uid * 32 + k)) * total < r:
+                                        chosen = n
+                                if chosen >= 0:
+                                    engaged = True
+                                    mech = MECH_PERFORIN if has_granules else MECH_FAS
+                                    e_target[i] = chosen
+                                    e_mechanism[i] = mech
+                                    # The engagement began during this sub-step: the kill may already
+                                    # complete in the time left, so that no kill lasts a whole sub-step
+                                    # at least (which would make kill rates depend on dt).
+                                    thr_same = thr_perforin_same if mech == MECH_PERFORIN else thr_fas_same
+                                    if hit(draw(key_complete, uid), thr_same):
+                                        cell[chosen] = DYING
+                                        lost = mhc_lost[chosen]
+                                        e_event[i] = EVENT_KILL + 2 * mech + lost
+                                        kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
+                                        e_kills[i] += 1
+                                        if mech == MECH_PERFORIN:
+                                            e_granules[i] -= 1
+                                        e_target[i] = -1
+                        if engaged:
+                            continue
+                if well_mixed:
+                    continue
+                bits = draw(key_move, uid)
+                if not hit(bits, ku[kind, 1]):
+                    continue
+                heading = e_heading[i]
+                if heading == 0 or (bits & _LOW32) >= thr_persist:
+                    heading = 1 + pick(draw(key_turn, uid), nnb)
+                dest = pos + offsets[heading]
+                if cell[dest] != WALL and has_effector[dest] == 0:
+                    has_effector[pos] = 0
+                    has_effector[dest] = 1
+                    e_pos[i] = dest
+                    e_heading[i] = heading
+                    kl = klass[i]
+                    packed = (kl >> 16) + dp[heading]
+                    u = _layer(packed, three_d, sx, sy, my)
+                    klass[i] = (packed << 16) | (zone_of[u] * N_CLASSES + cnext[(kl & 0xFFFF) % N_CLASSES, heading])
+                else:
+                    e_heading[i] = 0  # blocked: turn at the next move
+    if next_order.shape[0] > 0:
+        _sort_zone(zone, n_src, order, loff, seg, next_order, next_loff[zone], next_seg[zone], klass)
+    # The secretion list, written behind the reading position.
+    n_sec = 0
+    w_src = 0
+    w = seg[0] + loff[0, b0]
+    w_end = seg[0] + loff[0, b0 + N_CLASSES]
+    for src in range(n_src):
+        for j in range(seg[src] + loff[src, b0], seg[src] + loff[src, b0 + N_CLASSES]):
+            i = order[j]
+            if e_alive[i] != 0 and e_target[i] >= 0:
+                while w == w_end:
+                    w_src += 1
+                    w = seg[w_src] + loff[w_src, b0]
+                    w_end = seg[w_src] + loff[w_src, b0 + N_CLASSES]
+                order[w] = _field_cell(klass[i] >> 16, sx, sy, mx, my, pz, py, tab)
+                w += 1
+                n_sec += 1
+    nsec[zone] = n_sec
+
+
 @njit(cache=True, inline="always")
-def _update_effector(i, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind, e_granules,
-                     e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
-                     geom, prm, ifn, first_sub, keys):
-    """One sub-step of effector ``i``: death, kill, regenerate, engage, move."""
-    pos = e_pos[i]
-    kind = e_kind[i]
-    uid = e_uid[i]
-    e_event[i] = EVENT_NONE
-    if first_sub and hit(draw(keys[0], uid), prm.thr_eff_death[kind]):
-        e_alive[i] = 0
-        e_event[i] = EVENT_DIED
-        has_effector[pos] = 0
-        e_target[i] = -1
-        return
-    t = e_target[i]
-    if t >= 0:
-        if cell[t] != LIVE:
-            e_target[i] = -1  # target died another way: free again
-        else:
-            mech = e_mechanism[i]
-            thr = prm.thr_perforin_done if mech == MECH_PERFORIN else prm.thr_fas_done
-            if hit(draw(keys[1], uid), thr):
-                _kill(i, t, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event)
-            return  # engaged effectors do not move
-    if e_granules[i] < prm.granules_max and hit(draw(keys[2], uid), prm.thr_regen):
-        e_granules[i] += 1
-    if e_kills[i] < prm.kill_capacity:
-        # Competing hazards over the contact neighbourhood (own site + neighbours):
-        # engage with probability 1 - exp(-R dt), R the summed recognition rate,
-        # the target picked in proportion to its rate (weighted reservoir, one pass).
-        has_granules = e_granules[i] > 0
-        if has_granules or prm.fasl[kind] != 0:
-            g = _ifn_response(ifn[_coarse_index(pos, geom)], prm.ifn_half_effect)
-            rate_nkg2d = prm.nkg2d_rate[kind]
-            weight_self = prm.missing_self[kind]
-            rate_tcr = prm.tcr_rate[kind]
-            total = 0.0
-            chosen = -1
-            for k in range(geom.n_neighbours + 1):
-                n = pos + geom.offsets[k]
-                if cell[n] != LIVE:
-                    continue
-                if not has_granules:  # Fas/FasL only: needs enough effective Fas
-                    f = fas[n] / 255.0
-                    if f + (1.0 - f) * g < prm.fas_threshold:
-                        continue
-                m = effective_mhc(mhc[n], mhc_lost[n], g)
-                r = recognition_rate(prm.nkg2d_signal[ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
-                if r <= 0.0:
-                    continue
-                total += r
-                if uniform(draw(keys[3], uid * 32 + k)) * total < r:
-                    chosen = n
-            if chosen >= 0 and uniform(draw(keys[4], uid)) < hazard_to_probability(total, prm.dt_sub_hours):
-                mech = MECH_PERFORIN if has_granules else MECH_FAS
-                e_target[i] = chosen
-                e_mechanism[i] = mech
-                # The engagement began during this sub-step: the kill may already
-                # complete in the time left, so that no kill lasts a whole sub-step
-                # at least (which would make kill rates depend on dt).
-                thr = prm.thr_perforin_same if mech == MECH_PERFORIN else prm.thr_fas_same
-                if hit(draw(keys[1], uid), thr):
-                    _kill(i, chosen, mech, cell, mhc_lost, e_granules, e_kills, e_target, e_event)
-                return
-    if prm.well_mixed:
-        return
-    bits = draw(keys[5], uid)
-    if not hit(bits, prm.thr_move[kind]):
-        return
-    heading = e_heading[i]
-    if heading == 0 or (bits & _LOW32) >= prm.thr_persist:
-        heading = 1 + pick(draw(keys[6], uid), geom.n_neighbours)
-    dest = pos + geom.offsets[heading]
-    if cell[dest] != WALL and has_effector[dest] == 0:
-        has_effector[pos] = 0
-        has_effector[dest] = 1
-        e_pos[i] = dest
-        e_heading[i] = heading
-    else:
-        e_heading[i] = 0  # blocked: turn at the next move
+def _sort_zone(zone, n_src, order, loff, seg, next_order, counts, base, klass):
+    """Sort a zone's effectors by their buckets in the next sub-step (counting sort)."""
+    b0 = zone * N_CLASSES
+    counts[:] = 0
+    for src in range(n_src):
+        for j in range(seg[src] + loff[src, b0], seg[src] + loff[src, b0 + N_CLASSES]):
+            kl = klass[order[j]]
+            if kl >= 0:
+                counts[(kl & 0xFFFF) + 1] += 1
+    n_buckets = counts.shape[0] - 1
+    for b in range(n_buckets):
+        counts[b + 1] += counts[b]
+    for src in range(n_src):
+        for j in range(seg[src] + loff[src, b0], seg[src] + loff[src, b0 + N_CLASSES]):
+            i = order[j]
+            kl = klass[i]
+            if kl >= 0:
+                b = kl & 0xFFFF
+                next_order[base + counts[b]] = i
+                counts[b] += 1
+    for b in range(n_buckets, 0, -1):
+        counts[b] = counts[b - 1]
+    counts[0] = 0
 
 
 @njit(cache=True, parallel=True)
-def _update_class_parallel(members, lat, eff, geom, prm, ifn, first_sub, keys):
-    cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
-    has_effector = lat.has_effector
-    e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
-    e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
-    e_uid, e_alive, e_event = eff.uid, eff.alive, eff.event
-    for j in prange(members.shape[0]):
-        _update_effector(members[j], cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
-                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
-                         geom, prm, ifn, first_sub, keys)
-
-
-@njit(cache=True)
-def _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys):
-    for j in range(members.shape[0]):
-        _update_effector(members[j], lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost,
-                         lat.has_effector, eff.pos, eff.kind, eff.granules, eff.kills, eff.target,
-                         eff.mechanism, eff.heading, eff.uid, eff.alive, eff.event,
-                         geom, prm, ifn, first_sub, keys)
-
-
-@njit(cache=True)
-def _sort_by_class(eff, n_eff, geom, class_start):
-    """Counting sort of the live effectors into the 27 colour classes.
-
-    Effectors that died earlier in this step stay in the arrays until
-    compaction, but belong to no class, so they are never updated again.
-    """
-    class_start[:] = 0
-    for i in range(n_eff):
-        if eff.alive[i] == 0:
-            eff.klass[i] = -1
-            continue
-        z, y, x = _site_zyx(eff.pos[i], geom.py, geom.px)
-        c = (z % 3) * 9 + (y % 3) * 3 + (x % 3)
-        eff.klass[i] = c
-        class_start[c + 1] += 1
-    for c in range(N_CLASSES):
-        class_start[c + 1] += class_start[c]
-    fill = class_start[:N_CLASSES].copy()
-    for i in range(n_eff):
-        c = eff.klass[i]
-        if c >= 0:
-            eff.order[fill[c]] = i
-            fill[c] += 1
+def _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
+                            cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                            e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                            offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                            three_d, pz, py, tab, shape, dp, cnext, zone_of):
+    for k in prange(n_strips):
+        _update_zone(k, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
+                     cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                     offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                     three_d, pz, py, tab, shape, dp, cnext, zone_of)
 
 
 @njit(cache=True)
@@ -626,15 +1179,105 @@ def _shuffle_effectors(lat, eff, n_eff, geom, key):
                 break
 
 
+@njit(cache=True, inline="always")
+def _order_buffers(eff):
+    """The two int32 order buffers (this sub-step's and the next's) that ``eff.order`` holds."""
+    both = eff.order.view(np.int32)
+    capacity = eff.order.shape[0]
+    return both[:capacity], both[capacity:]
+
+
 @njit(cache=True)
-def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
-                      class_start, parallel_min):
-    """All motility sub-steps of one step (step order item 4 and secretion)."""
+def _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, amount):
+    """Add ``amount`` to the field cell of every engaged effector (the zones' secretion lists)."""
+    for zone in range(n_zones):
+        b0 = zone * N_CLASSES
+        left = nsec[zone]
+        src = 0
+        while left > 0:
+            j0 = seg[src] + loff[src, b0]
+            n = min(left, seg[src] + loff[src, b0 + N_CLASSES] - j0)
+            for j in range(j0, j0 + n):
+                ifn[order[j]] += amount
+            left -= n
+            src += 1
+
+
+# Where the lists stand between steps (EffectorWork.state).
+_LISTS_VALID = 0  # 1: the zones' lists of the last sub-step hold every live effector of slots < _LISTED
+_PARITY = 1  # which order buffer holds them (0 or 1: see _order_buffers)
+_N_SRC = 2  # how many sources they form
+_LISTED = 3  # effector slots covered by them (later slots are new arrivals)
+_STRIPS = 4  # the number of strips they were made for
+
+
+class EffectorWork(NamedTuple):
+    """Scratch of the effector sub-steps of one :func:`run_steps` call, for up to ``max_strips`` strips."""
+
+    tab: np.ndarray  # int64: per-layer/row/column class and field-cell parts (_site_tables)
+    shape: np.ndarray  # int64[4]: packed-coordinate widths and masks (_move_tables)
+    dp: np.ndarray  # int64[n_neighbours + 1]: packed-coordinate change of each move
+    cnext: np.ndarray  # int64[N_CLASSES, n_neighbours + 1]: colour class after each move
+    hist: np.ndarray  # int64[n_u]: effectors per layer, for the strip boundaries
+    zone_of: np.ndarray  # int64[n_u]: zone of every layer
+    loff: np.ndarray  # int64[2, max_strips + 2, (max_strips + 1) * N_CLASSES + 1]: bucket offsets per source
+    seg: np.ndarray  # int64[2, max_strips + 3]: segment start of every source
+    kz: np.ndarray  # int64[max_strips + 1, 17]: kills per zone (16), deaths (1)
+    nsec: np.ndarray  # int64[max_strips + 1]: length of each zone's secretion list
+    state: np.ndarray  # int64[5]: see _LISTS_VALID and below
+
+
+@njit(cache=True)
+def effector_work(geom, max_strips):
+    """Allocate :class:`EffectorWork` for ``geom`` and up to ``max_strips`` strips."""
+    n_u = geom.pz if geom.dims == 3 else geom.py
+    m = max(max_strips, 1)
+    shape, dp, cnext = _move_tables(geom)
+    return EffectorWork(_site_tables(geom), shape, dp, cnext, np.zeros(n_u, np.int64), np.zeros(n_u, np.int64),
+                        np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
+                        np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
+                        np.zeros(m + 1, np.int64), np.zeros(5, np.int64))
+
+
+@njit(cache=True)
+def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step, work, n_strips):
+    """All motility sub-steps of one step (step order item 4 and secretion).
+
+    ``n_strips`` > 1 runs the strips of each sub-step in parallel (see the
+    zone comment above); 1 runs everything serially. Results do not depend on
+    it. ``work`` is an
+    :class:`EffectorWork` for at least ``n_strips`` strips. Effectors that die
+    stay in the arrays (``alive == 0``) until :func:`compact_effectors`; the
+    zones' lists are carried to the next step while ``work.state`` says they
+    are valid. Returns the number of effectors that died.
+    """
+    n_eff = counters[0]
+    state = work.state
+    if n_eff == 0:
+        state[_LISTS_VALID] = 0
+        return 0
     keys = np.empty(7, dtype=np.uint64)
+    cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
+    has_effector = lat.has_effector
+    e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
+    e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
+    e_uid, e_alive, e_event = eff.uid, eff.alive, eff.event
+    klass = eff.klass
+    offsets, nnb = geom.offsets, geom.n_neighbours
+    three_d = geom.dims == 3
+    pz, py = geom.pz, geom.py
+    kf, ku, thr, ff, level = _effector_tables(prm)
+    tab, hist, zone_of, kz, nsec = work.tab, work.hist, work.zone_of, work.kz, work.nsec
+    shape, dp, cnext = work.shape, work.dp, work.cnext
+    n_zones = n_strips + 1
+    n_buckets = n_zones * N_CLASSES
+    no_hist = hist[:0]
+    order_a, order_b = _order_buffers(eff)
+    no_next = order_a[:0]
+    full_sort = state[_LISTS_VALID] == 0 or state[_STRIPS] != n_strips or prm.well_mixed
+    parity = state[_PARITY] if not full_sort else 0
+    kz[:] = 0
     for sub in range(prm.n_sub):
-        n_eff = counters[0]
-        if n_eff == 0:
-            return
         clock = step * MAX_SUBSTEPS + sub
         keys[0] = stream_key(seed, patient, clock, P_EFF_DEATH)
         keys[1] = stream_key(seed, patient, clock, P_EFF_COMPLETE)
@@ -645,51 +1288,144 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         keys[6] = stream_key(seed, patient, clock, P_EFF_TURN)
         if prm.well_mixed:
             _shuffle_effectors(lat, eff, n_eff, geom, stream_key(seed, patient, clock, P_SHUFFLE))
-        _sort_by_class(eff, n_eff, geom, class_start)
+        loff = work.loff[parity, :, :n_buckets + 1]
+        seg = work.seg[parity]
+        next_loff = work.loff[1 - parity, :, :n_buckets + 1]
+        next_seg = work.seg[1 - parity]
+        if parity == 0:
+            order, next_order = order_a, order_b
+        else:
+            order, next_order = order_b, order_a
+        if (sub == 0 and full_sort) or prm.well_mixed:
+            seg[0] = 0
+            _sort_range(0, n_eff, e_pos, e_alive, klass, order, loff[0], 0, geom, tab, shape, zone_of,
+                        hist if sub == 0 else no_hist, n_strips)
+            n_src = 1
+        elif sub == 0:  # the last sub-step's zones, and this step's arrivals as one more source
+            n_src = state[_N_SRC]
+            seg[n_src] = seg[n_src - 1] + loff[n_src - 1, n_buckets]
+            _sort_range(state[_LISTED], n_eff, e_pos, e_alive, klass, order, loff[n_src], seg[n_src], geom, tab,
+                        shape, zone_of, no_hist, n_strips)
+            n_src += 1
+        else:
+            n_src = n_zones
+        if prm.well_mixed:
+            next_order = no_next
+        else:  # segments of the next sub-step's sources: the zones, in turn
+            total = 0
+            for z in range(n_zones):
+                next_seg[z] = total
+                for src in range(n_src):
+                    total += loff[src, (z + 1) * N_CLASSES] - loff[src, z * N_CLASSES]
         first_sub = sub == 0
-        for c in range(N_CLASSES):
-            lo = class_start[c]
-            hi = class_start[c + 1]
-            if hi == lo:
-                continue
-            members = eff.order[lo:hi]
-            if hi - lo >= parallel_min:
-                _update_class_parallel(members, lat, eff, geom, prm, ifn, first_sub, keys)
-            else:
-                _update_class_serial(members, lat, eff, geom, prm, ifn, first_sub, keys)
-        # Serial tally: kills by (mechanism, kind, MHC state), and secretion.
-        for i in range(n_eff):
-            if eff.alive[i] == 0:
-                continue
-            ev = eff.event[i]
-            if ev >= EVENT_KILL:
-                code = ev - EVENT_KILL
-                mech = code // 2
-                lost = code - 2 * mech
-                kills[(mech * N_KINDS + eff.kind[i]) * 2 + lost] += 1
-            if eff.target[i] >= 0:
-                ifn[_coarse_index(eff.pos[i], geom)] += prm.ifn_secretion
+        if n_strips > 1:
+            _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass,
+                                    kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                                    e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive,
+                                    e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                                    three_d, pz, py, tab, shape, dp, cnext, zone_of)
+        for zone in range(0 if n_strips == 1 else n_strips, n_zones):
+            _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
+                         cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                         offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                         three_d, pz, py, tab, shape, dp, cnext, zone_of)
+        # Secretion, once every effector has read the field.
+        _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, prm.ifn_secretion)
+        parity = 1 - parity
+    state[_LISTS_VALID] = 0 if prm.well_mixed else 1
+    state[_PARITY] = parity
+    state[_N_SRC] = n_zones
+    state[_LISTED] = n_eff
+    state[_STRIPS] = n_strips
+    # Kills by (mechanism, kind, MHC state).
+    n_died = 0
+    for zone in range(n_zones):
+        for j in range(16):
+            kills[j] += kz[zone, j]
+        n_died += kz[zone, 16]
+    return n_died
+
+
+@njit(cache=True)
+def _permute_effectors(eff, n, perm, tmp_i64, tmp_u8):
+    """Reorder the first ``n`` effectors: entry ``j`` becomes old entry ``perm[j]``."""
+    for arr in (eff.pos, eff.target, eff.uid, eff.born):
+        for j in range(n):
+            tmp_i64[j] = arr[perm[j]]
+        arr[:n] = tmp_i64[:n]
+    for arr in (eff.kind, eff.granules, eff.kills, eff.mechanism, eff.heading, eff.alive):
+        for j in range(n):
+            tmp_u8[j] = arr[perm[j]]
+        arr[:n] = tmp_u8[:n]
+
+
+@njit(cache=True)
+def _store_by_site(eff, counters, perm, geom):
+    """Store the effectors in the order of their sites (layer by layer, row by row).
+
+    Effectors that are updated by the same strip then lie together in memory
+    (no cache line shared between threads, and better locality). Order in the
+    arrays has no effect on results: :func:`_store_by_arrival` restores it.
+    """
+    n = counters[0]
+    if n < 2:
+        return
+    px = geom.px
+    inv_px = 1.0 / px
+    n_rows = geom.pz * geom.py
+    counts = np.zeros(n_rows + 1, np.int64)
+    for i in range(n):
+        counts[_fast_divmod(eff.pos[i], px, inv_px)[0] + 1] += 1
+    for r in range(n_rows):
+        counts[r + 1] += counts[r]
+    for i in range(n):
+        r = _fast_divmod(eff.pos[i], px, inv_px)[0]
+        perm[counts[r]] = i
+        counts[r] += 1
+    _permute_effectors(eff, n, perm, eff.klass, eff.event)
+
+
+@njit(cache=True)
+def _store_by_arrival(eff, counters, perm):
+    """Store the effectors in order of arrival (of ``uid``), as the model defines it."""
+    n = counters[0]
+    if n < 2:
+        return
+    uid = eff.uid
+    ordered = True
+    for i in range(1, n):
+        if uid[i] < uid[i - 1]:
+            ordered = False
+            break
+    if ordered:
+        return
+    perm[:n] = np.argsort(uid[:n])
+    _permute_effectors(eff, n, perm, eff.klass, eff.event)
 
 
 @njit(cache=True)
 def compact_effectors(eff, counters):
     """Drop dead effectors, keeping the order of the survivors."""
     n_eff = counters[0]
+    pos, kind, granules, kills, target = eff.pos, eff.kind, eff.granules, eff.kills, eff.target
+    mechanism, heading, uid, born, alive = eff.mechanism, eff.heading, eff.uid, eff.born, eff.alive
     w = 0
-    for i in range(n_eff):
-        if eff.alive[i] == 0:
+    while w < n_eff and alive[w] != 0:  # the survivors before the first death stay put
+        w += 1
+    for i in range(w + 1, n_eff):
+        if alive[i] == 0:
             continue
-        if w != i:
-            eff.pos[w] = eff.pos[i]
-            eff.kind[w] = eff.kind[i]
-            eff.granules[w] = eff.granules[i]
-            eff.kills[w] = eff.kills[i]
-            eff.target[w] = eff.target[i]
-            eff.mechanism[w] = eff.mechanism[i]
-            eff.heading[w] = eff.heading[i]
-            eff.uid[w] = eff.uid[i]
-            eff.born[w] = eff.born[i]
-            eff.alive[w] = 1
+        pos[w] = pos[i]
+        kind[w] = kind[i]
+        granules[w] = granules[i]
+        kills[w] = kills[i]
+        target[w] = target[i]
+        mechanism[w] = mechanism[i]
+        heading[w] = heading[i]
+        uid[w] = uid[i]
+        born[w] = born[i]
+        alive[w] = 1
         w += 1
     counters[0] = w
 
@@ -724,19 +1460,27 @@ def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries
 
 
 @njit(cache=True)
-def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_cik, mean_ctl):
-    """Poisson arrivals of CIK (split by product shares) and endogenous CTLs."""
+def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_cik, mean_ctl, n_dead=0):
+    """Poisson arrivals of CIK (split by product shares) and endogenous CTLs.
+
+    ``n_dead`` effectors in the arrays have died and not yet been compacted
+    away: they hold no place. They are compacted first when the arrivals
+    would not fit behind them. Returns the number still in the arrays.
+    """
     key = stream_key(seed, patient, step, P_ARRIVAL)
     key_kind = stream_key(seed, patient, step, P_ARRIVAL_KIND)
     n_cik = poisson(stream_key(seed, patient, 2 * step, P_POISSON), mean_cik)
     n_ctl = poisson(stream_key(seed, patient, 2 * step + 1, P_POISSON), mean_ctl)
-    free = eff.pos.shape[0] - counters[0]
+    free = eff.pos.shape[0] - (counters[0] - n_dead)
     if n_cik + n_ctl > free:  # more than can ever be held: count the excess as dropped at once
         excess = n_cik + n_ctl - free
         counters[2] += excess
         cut_ctl = min(n_ctl, excess)
         n_ctl -= cut_ctl
         n_cik -= excess - cut_ctl
+    if n_dead > 0 and counters[0] + n_cik + n_ctl > eff.pos.shape[0]:
+        compact_effectors(eff, counters)
+        n_dead = 0
     for a in range(n_cik + n_ctl):
         if a < n_cik:
             u = uniform(draw(key_kind, counters[1]))
@@ -749,38 +1493,82 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
             kind = KIND_CTL
         if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32):
             arrivals[kind] += 1
+    return n_dead
 
 
 # ---------------------------------------------------------------- IFN field
 @njit(cache=True, inline="always")
+def _diffuse_cell(src, dst, i, x, y, z, cz, cy, cx, alpha, decay):
+    """One field cell: the neighbours that exist, in the order x-1, x+1, y-1, y+1, z-1, z+1."""
+    c = src[i]
+    acc = 0.0
+    nb = 0
+    if x > 0:
+        acc += src[i - 1]
+        nb += 1
+    if x < cx - 1:
+        acc += src[i + 1]
+        nb += 1
+    if y > 0:
+        acc += src[i - cx]
+        nb += 1
+    if y < cy - 1:
+        acc += src[i + cx]
+        nb += 1
+    if z > 0:
+        acc += src[i - cx * cy]
+        nb += 1
+    if z < cz - 1:
+        acc += src[i + cx * cy]
+        nb += 1
+    v = (c + alpha * (acc - nb * c)) * decay
+    dst[i] = v if v > 1e-30 else 0.0  # no denormals: they are slow
+
+
+@njit(cache=True, inline="always")
 def _diffuse_row(r, src, dst, cz, cy, cx, alpha, decay):
+    """One row of field cells. Cells away from every border take a branch-free,
+    vectorised loop with the same operations in the same order."""
     z = r // cy
     y = r - z * cy
-    for x in range(cx):
-        i = (z * cy + y) * cx + x
-        c = src[i]
-        acc = 0.0
-        nb = 0
-        if x > 0:
-            acc += src[i - 1]
-            nb += 1
-        if x < cx - 1:
-            acc += src[i + 1]
-            nb += 1
-        if y > 0:
-            acc += src[i - cx]
-            nb += 1
-        if y < cy - 1:
-            acc += src[i + cx]
-            nb += 1
-        if z > 0:
-            acc += src[i - cx * cy]
-            nb += 1
-        if z < cz - 1:
-            acc += src[i + cx * cy]
-            nb += 1
-        v = (c + alpha * (acc - nb * c)) * decay
-        dst[i] = v if v > 1e-30 else 0.0  # no denormals: they are slow
+    row = r * cx
+    interior = y > 0 and y < cy - 1 and cx > 2 and (cz == 1 or (z > 0 and z < cz - 1))
+    if not interior:
+        for x in range(cx):
+            _diffuse_cell(src, dst, row + x, x, y, z, cz, cy, cx, alpha, decay)
+        return
+    _diffuse_cell(src, dst, row, 0, y, z, cz, cy, cx, alpha, decay)
+    _diffuse_cell(src, dst, row + cx - 1, cx - 1, y, z, cz, cy, cx, alpha, decay)
+    mid = src[row:row + cx]
+    up = src[row - cx:row]
+    down = src[row + cx:row + 2 * cx]
+    out = dst[row:row + cx]
+    one = np.uint64(1)
+    if cz == 1:
+        for x in range(one, np.uint64(cx - 1)):  # unsigned: see _propose_rows
+            c = mid[x]
+            acc = 0.0
+            acc += mid[x - one]
+            acc += mid[x + one]
+            acc += up[x]
+            acc += down[x]
+            v = (c + alpha * (acc - 4 * c)) * decay
+            out[x] = v if v > 1e-30 else 0.0
+    else:
+        plane = cx * cy
+        below = src[row - plane:row - plane + cx]
+        above = src[row + plane:row + plane + cx]
+        for x in range(one, np.uint64(cx - 1)):
+            c = mid[x]
+            acc = 0.0
+            acc += mid[x - one]
+            acc += mid[x + one]
+            acc += up[x]
+            acc += down[x]
+            acc += below[x]
+            acc += above[x]
+            v = (c + alpha * (acc - 6 * c)) * decay
+            out[x] = v if v > 1e-30 else 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -791,34 +1579,37 @@ def _diffuse_parallel(src, dst, cz, cy, cx, alpha, decay):
 
 @njit(cache=True)
 def field_step(ifn, ifn_tmp, geom, prm, parallel):
-    """Diffuse and decay the IFN-gamma field over one step (explicit, zero-flux borders)."""
+    """Diffuse and decay the IFN-gamma field over one step (explicit, zero-flux borders).
+
+    Sub-steps alternate between ``ifn`` and ``ifn_tmp``; the result ends in ``ifn``.
+    """
+    src, dst = ifn, ifn_tmp
     for _ in range(prm.n_field_sub):
         if parallel:
-            _diffuse_parallel(ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+            _diffuse_parallel(src, dst, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
         else:
             for r in range(geom.cz * geom.cy):
-                _diffuse_row(r, ifn, ifn_tmp, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+                _diffuse_row(r, src, dst, geom.cz, geom.cy, geom.cx, prm.ifn_alpha, prm.ifn_decay)
+        src, dst = dst, src
+    if prm.n_field_sub % 2 == 1:
         ifn[:] = ifn_tmp
 
 
 # ---------------------------------------------------------------- records
 @njit(cache=True, inline="always")
 def _count_row(r, cell, mhc_lost, geom, row_counts):
-    base = ((r // geom.ny + geom.z0) * geom.py + (r % geom.ny) + 1) * geom.px
-    present = 0
+    base = _row_base(r, geom.ny, geom.z0, geom.py, geom.px)
+    cell_row = cell[base:base + geom.nx]
+    lost_row = mhc_lost[base:base + geom.nx]
+    live = 0
     lost = 0
     dying = 0
-    for x in range(1, geom.nx + 1):
-        s = base + x
-        c = cell[s]
-        if c == LIVE:
-            if mhc_lost[s] == 1:
-                lost += 1
-            else:
-                present += 1
-        elif c == DYING:
-            dying += 1
-    row_counts[r, 0] = present
+    for x in range(geom.nx):  # vectorised
+        c = cell_row[x]
+        live += c == LIVE
+        lost += (c == LIVE) & (lost_row[x] == 1)
+        dying += c == DYING
+    row_counts[r, 0] = live - lost
     row_counts[r, 1] = lost
     row_counts[r, 2] = dying
 
@@ -843,6 +1634,8 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
         row[REC_TUMOUR_MHC_LOST] += row_counts[r, 1]
         row[REC_TUMOUR_DYING] += row_counts[r, 2]
     for i in range(counters[0]):
+        if eff.alive[i] == 0:  # died, not yet compacted away
+            continue
         row[REC_EFFECTORS + eff.kind[i]] += 1
         if eff.target[i] >= 0:
             row[REC_ENGAGED] += 1
@@ -863,32 +1656,52 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
 @njit(cache=True)
 def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed, patient,
               step_begin, step_end, mean_cik, mean_ctl, record_every, records, row_counts,
-              class_start, parallel_min):
+              n_threads, parallel_min):
     """Advance the model from ``step_begin`` to ``step_end`` (exclusive).
 
     ``mean_cik[step]`` is the expected number of CIK arrivals in that step;
     ``mean_ctl`` the constant expected CTL arrivals per step. After each step
     ``s`` with ``(s + 1) % record_every == 0`` the populations are written to
     ``records[(s + 1) // record_every]``. A pass runs in parallel when it has
-    at least ``parallel_min`` work items (lattice sites, field cells, or
-    effectors of one colour class); results do not depend on it.
+    at least ``parallel_min`` work items (lattice sites, field cells); the
+    effector pass when it has at least ``parallel_min // 256`` effectors per
+    colour class in use (9 in 2D, 27 in 3D), in ``n_threads`` strips
+    Results depend neither on these choices nor on the number of threads.
     """
     lattice_parallel = geom.nz * geom.ny * geom.nx >= parallel_min
     field_parallel = geom.cz * geom.cy * geom.cx >= parallel_min
-    effector_min = max(parallel_min // 256, 1)
+    n_classes = 27 if geom.dims == 3 else 9
+    effector_min = max((parallel_min // 256) * n_classes, 1)
+    hulls = np.empty((2, geom.nz * geom.ny, 2), np.int64)  # row hulls of two steps, in turn
+    hulls[0, :, 0] = 0  # the lattice may have been changed since the last call: claim every site
+    hulls[0, :, 1] = geom.nx
+    work = effector_work(geom, n_threads)  # (the effectors are sorted afresh too)
+    if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
+        _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
+    n_dead = 0  # dead effectors not yet compacted away
     for step in range(step_begin, step_end):
-        supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step,
-               mean_cik[step], mean_ctl)
-        tumour_propose(lat, geom, stream_key(seed, patient, step, P_TUMOUR_EVENT),
-                       prm.thr_tumour_death, prm.thr_tumour_event, lattice_parallel)
-        tumour_resolve(lat, geom, stream_key(seed, patient, step, P_DIVISION_WINNER),
-                       stream_key(seed, patient, step, P_INHERIT),
-                       stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
-                       prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
-        effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
-                          class_start, effector_min)
-        compact_effectors(eff, counters)
+        dead_before = n_dead
+        n_dead = supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step,
+                        mean_cik[step], mean_ctl, n_dead)
+        if n_dead < dead_before:  # compacted: the effector lists no longer apply
+            work.state[_LISTS_VALID] = 0
+        hull_prev = hulls[(step - step_begin) % 2]
+        hull = hulls[(step - step_begin + 1) % 2]
+        _propose_pass(lat, geom, hull_prev, hull, stream_key(seed, patient, step, P_TUMOUR_EVENT),
+                      prm.thr_tumour_death, prm.thr_tumour_event, lattice_parallel)
+        _resolve_pass(lat, geom, hull, stream_key(seed, patient, step, P_DIVISION_WINNER),
+                      stream_key(seed, patient, step, P_INHERIT),
+                      stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
+                      prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
+        n_strips = 1
+        if counters[0] - n_dead >= effector_min:
+            n_strips = max(n_threads, 1)
+        n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
+                                    work, n_strips)
         field_step(ifn, ifn_tmp, geom, prm, field_parallel)
         if (step + 1) % record_every == 0:
             record(records[(step + 1) // record_every], lat, eff, counters, kills, arrivals,
                    geom, prm, ifn, row_counts, lattice_parallel)
+    if n_dead > 0:
+        compact_effectors(eff, counters)
+    _store_by_arrival(eff, counters, _order_buffers(eff)[1])
