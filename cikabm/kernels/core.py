@@ -384,22 +384,6 @@ def _row_base(r, ny, z0, py, px):
 
 
 @njit(cache=True, inline="always")
-def _candidate_span(r, hull_prev, nz, ny, nx):
-    """Sites of row ``r`` that may be occupied: neighbour rows' hulls grown by one."""
-    z = r // ny
-    y = r - z * ny
-    lo = nx
-    hi = 0
-    for zz in range(max(z - 1, 0), min(z + 2, nz)):
-        for yy in range(max(y - 1, 0), min(y + 2, ny)):
-            rr = zz * ny + yy
-            if hull_prev[rr, 0] < hull_prev[rr, 1]:
-                lo = min(lo, hull_prev[rr, 0] - 1)
-                hi = max(hi, hull_prev[rr, 1] + 1)
-    return max(lo, 0), min(hi, nx)
-
-
-@njit(cache=True, inline="always")
 def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px,
                   key_event, thr_death, thr_event):
     thr_i = np.int64(thr_event)
@@ -409,7 +393,19 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
         cell_row = cell[base:base + nx]
         prop_row = proposal[base:base + nx]
         prop_row[:] = 0
-        lo, hi = _candidate_span(r, hull_prev, nz, ny, nx)
+        # Sites that may be occupied: the neighbour rows' hulls grown by one.
+        z = r // ny
+        y = r - z * ny
+        lo = nx
+        hi = 0
+        for zz in range(max(z - 1, 0), min(z + 2, nz)):
+            for yy in range(max(y - 1, 0), min(y + 2, ny)):
+                rr = zz * ny + yy
+                if hull_prev[rr, 0] < hull_prev[rr, 1]:
+                    lo = min(lo, hull_prev[rr, 0] - 1)
+                    hi = max(hi, hull_prev[rr, 1] + 1)
+        lo = max(lo, 0)
+        hi = min(hi, nx)
         while lo < hi and cell_row[lo] == EMPTY:
             lo += 1
         while hi > lo and cell_row[hi - 1] == EMPTY:
@@ -812,12 +808,10 @@ def _pack(z, y, x, sx, sy):
 
 
 @njit(cache=True, inline="always")
-def _field_cell(packed, sx, sy, mx, my, pz, py, tab):
-    """Field cell of a site from its packed coordinates."""
-    x = packed & mx
-    y = (packed >> sx) & my
-    z = packed >> (sx + sy)
-    return (tab[z] + tab[pz + y] + tab[pz + py + x]) >> 8
+def _unpack(packed, sx, sy, mx, my):
+    """(z, y, x) from packed coordinates. The field cell of the site is
+    ``(tab[z] + tab[pz + y] + tab[pz + py + x]) >> 8`` (``tab`` of :func:`_site_tables`)."""
+    return packed >> (sx + sy), (packed >> sx) & my, packed & mx
 
 
 @njit(cache=True, inline="always")
@@ -1024,7 +1018,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                             if cell[n] != LIVE:
                                 continue
                             if g < 0.0:
-                                x = ifn[_field_cell(klass[i] >> 16, sx, sy, mx, my, pz, py, tab)]
+                                cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
+                                x = ifn[(tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8]
                                 g = x / (x + ifn_half) if x > 0.0 else 0.0
                             if not has_granules:  # Fas/FasL only: needs enough effective Fas
                                 f = level[fas[n]]
@@ -1118,7 +1113,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                     w_src += 1
                     w = seg[w_src] + loff[w_src, b0]
                     w_end = seg[w_src] + loff[w_src, b0 + N_CLASSES]
-                order[w] = _field_cell(klass[i] >> 16, sx, sy, mx, my, pz, py, tab)
+                cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
+                order[w] = (tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8
                 w += 1
                 n_sec += 1
     nsec[zone] = n_sec
@@ -1245,11 +1241,11 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
 
     ``n_strips`` > 1 runs the strips of each sub-step in parallel (see the
     zone comment above); 1 runs everything serially. Results do not depend on
-    it. ``work`` is an
-    :class:`EffectorWork` for at least ``n_strips`` strips. Effectors that die
-    stay in the arrays (``alive == 0``) until :func:`compact_effectors`; the
-    zones' lists are carried to the next step while ``work.state`` says they
-    are valid. Returns the number of effectors that died.
+    it. ``work`` is an :class:`EffectorWork` for at least ``n_strips`` strips.
+    Effectors that die stay in the arrays (``alive == 0``) until
+    :func:`compact_effectors`; the zones' lists are carried to the next step
+    while ``work.state`` says they are valid. Returns the number of effectors
+    that died.
     """
     n_eff = counters[0]
     state = work.state
@@ -1497,72 +1493,72 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
 
 
 # ---------------------------------------------------------------- IFN field
-@njit(cache=True, inline="always")
-def _diffuse_cell(src, dst, i, x, y, z, cz, cy, cx, alpha, decay):
-    """One field cell: the neighbours that exist, in the order x-1, x+1, y-1, y+1, z-1, z+1."""
-    c = src[i]
-    acc = 0.0
-    nb = 0
-    if x > 0:
-        acc += src[i - 1]
-        nb += 1
-    if x < cx - 1:
-        acc += src[i + 1]
-        nb += 1
-    if y > 0:
-        acc += src[i - cx]
-        nb += 1
-    if y < cy - 1:
-        acc += src[i + cx]
-        nb += 1
-    if z > 0:
-        acc += src[i - cx * cy]
-        nb += 1
-    if z < cz - 1:
-        acc += src[i + cx * cy]
-        nb += 1
-    v = (c + alpha * (acc - nb * c)) * decay
-    dst[i] = v if v > 1e-30 else 0.0  # no denormals: they are slow
-
-
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _diffuse_row(r, src, dst, cz, cy, cx, alpha, decay):
-    """One row of field cells. Cells away from every border take a branch-free,
-    vectorised loop with the same operations in the same order."""
+    """One row of field cells: ``dst = decay * (c + alpha * (sum of neighbours - nb c))``.
+
+    Neighbours that exist are summed in the order x-1, x+1, y-1, y+1, z-1, z+1.
+    Cells away from every border take a branch-free, vectorised loop with the
+    same operations in the same order.
+    """
     z = r // cy
     y = r - z * cy
     row = r * cx
     interior = y > 0 and y < cy - 1 and cx > 2 and (cz == 1 or (z > 0 and z < cz - 1))
+    for k in range(2 if interior else cx):  # border cells (interior rows: only x = 0 and cx - 1)
+        x = (cx - 1) * k if interior else k
+        i = row + x
+        c = src[i]
+        acc = 0.0
+        nb = 0
+        if x > 0:
+            acc += src[i - 1]
+            nb += 1
+        if x < cx - 1:
+            acc += src[i + 1]
+            nb += 1
+        if y > 0:
+            acc += src[i - cx]
+            nb += 1
+        if y < cy - 1:
+            acc += src[i + cx]
+            nb += 1
+        if z > 0:
+            acc += src[i - cx * cy]
+            nb += 1
+        if z < cz - 1:
+            acc += src[i + cx * cy]
+            nb += 1
+        v = (c + alpha * (acc - nb * c)) * decay
+        dst[i] = v if v > 1e-30 else 0.0  # no denormals: they are slow
     if not interior:
-        for x in range(cx):
-            _diffuse_cell(src, dst, row + x, x, y, z, cz, cy, cx, alpha, decay)
         return
-    _diffuse_cell(src, dst, row, 0, y, z, cz, cy, cx, alpha, decay)
-    _diffuse_cell(src, dst, row + cx - 1, cx - 1, y, z, cz, cy, cx, alpha, decay)
-    mid = src[row:row + cx]
-    up = src[row - cx:row]
-    down = src[row + cx:row + 2 * cx]
-    out = dst[row:row + cx]
-    one = np.uint64(1)
+    # Cells 1 .. cx - 2, through slices shifted by one neighbour each.
+    mid = src[row + 1:row + cx - 1]
+    left = src[row:row + cx - 2]
+    right = src[row + 2:row + cx]
+    up = src[row - cx + 1:row - 1]
+    down = src[row + cx + 1:row + 2 * cx - 1]
+    out = dst[row + 1:row + cx - 1]
     if cz == 1:
-        for x in range(one, np.uint64(cx - 1)):  # unsigned: see _propose_rows
+        for x in range(cx - 2):
             c = mid[x]
             acc = 0.0
-            acc += mid[x - one]
-            acc += mid[x + one]
+            acc += left[x]
+            acc += right[x]
             acc += up[x]
             acc += down[x]
             v = (c + alpha * (acc - 4 * c)) * decay
             out[x] = v if v > 1e-30 else 0.0
     else:
         plane = cx * cy
-        below = src[row - plane:row - plane + cx]
-        above = src[row + plane:row + plane + cx]
-        for x in range(one, np.uint64(cx - 1)):
+        below = src[row - plane + 1:row - plane + cx - 1]
+        above = src[row + plane + 1:row + plane + cx - 1]
+        for x in range(cx - 2):
             c = mid[x]
             acc = 0.0
-            acc += mid[x - one]
-            acc += mid[x + one]
+            acc += left[x]
+            acc += right[x]
             acc += up[x]
             acc += down[x]
             acc += below[x]
@@ -1665,8 +1661,14 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     ``records[(s + 1) // record_every]``. A pass runs in parallel when it has
     at least ``parallel_min`` work items (lattice sites, field cells); the
     effector pass when it has at least ``parallel_min // 256`` effectors per
-    colour class in use (9 in 2D, 27 in 3D), in ``n_threads`` strips
+    colour class in use (9 in 2D, 27 in 3D), in ``n_threads`` strips.
     Results depend neither on these choices nor on the number of threads.
+
+    Per step this launches at most 2 + ``n_sub`` + ``n_field_sub`` parallel
+    regions (tumour propose and resolve, one per effector sub-step, one per
+    field sub-step when the field is large enough; one more on record steps).
+    Scratch (row hulls, effector buckets) lives for one call; on return the
+    effectors are compacted and in order of arrival.
     """
     lattice_parallel = geom.nz * geom.ny * geom.nx >= parallel_min
     field_parallel = geom.cz * geom.cy * geom.cx >= parallel_min
