@@ -132,6 +132,10 @@ DEFINITIONS: dict[str, str] = {
                            "timed step), summed, / wall seconds of the timed steps",
     "mesa_ratio": "kernel agent updates per second on one thread / Mesa reference agent updates per "
                   "second, same scenario, seed, warm-up and timed steps",
+    "seconds_by_pass": "the median timed seconds split over the passes of the step (supply, tumour propose, "
+                       "tumour resolve, effectors, IFN-gamma field, record) in proportion to the CPU "
+                       "time-stamp-counter ticks each took, summed over the repeats (x86-64 only); Mesa: wall "
+                       "seconds of each pass method, mean over the repeats",
 }
 
 
@@ -543,12 +547,15 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
         digests: list[str] = []
         n_repeats = repeats if n_threads <= cores else 1
         pops: dict[str, float] = {}
+        ticks = None
         for r in range(n_repeats):
             sim = copy.deepcopy(start_state)
+            sim.pass_ticks[:] = 0
             with numba_threads(n_threads):
                 t0 = time.perf_counter()
                 sim.advance(steps)
                 seconds.append(time.perf_counter() - t0)
+            ticks = sim.pass_ticks.copy() if ticks is None else ticks + sim.pass_ticks
             digests.append(state_digest(sim))
             pops = pops or _window_populations(sim, warmup, steps)  # the same in every repeat
             del sim
@@ -556,7 +563,8 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
             emit(f"{label}: {n_threads} thread(s), repeat {r + 1}/{n_repeats}: {seconds[-1]:.3f} s "
                  f"({sites * steps / seconds[-1] / n_threads:.3g} site updates/s/thread)")
         runs.append({"threads": n_threads, "shape": list(shape), "lattice_sites": math.prod(shape),
-                     "seconds": _stats(seconds), "digests": digests, **pops})
+                     "seconds": _stats(seconds), "digests": digests,
+                     "seconds_by_pass": _seconds_by_pass(ticks, statistics.median(seconds)), **pops})
     return {
         "task": "config",
         "config": config.to_dict(),
@@ -578,6 +586,35 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
     }
 
 
+def _seconds_by_pass(ticks: Any, seconds: float) -> dict[str, float] | None:
+    """``seconds`` split over the passes of the step in proportion to their cycle-counter ``ticks``."""
+    from cikabm.kernels.core import PASS_NAMES
+
+    total = int(ticks.sum())
+    if total == 0:  # no cycle counter on this CPU
+        return None
+    return {name: seconds * int(t) / total for name, t in zip(PASS_NAMES, ticks, strict=True)}
+
+
+#: The Mesa reference's method for each pass of :data:`cikabm.kernels.core.PASS_NAMES`.
+MESA_PASS_METHODS = {"supply": "supply", "tumour_propose": "tumour_propose", "tumour_resolve": "tumour_resolve",
+                     "effectors": "effector_substeps", "ifn_field": "ifn_field_step", "record": "record"}
+
+
+def _time_methods(model: Any, methods: dict[str, str], totals: dict[str, float]) -> None:
+    """Wrap ``model``'s methods so that each call adds its wall seconds to ``totals[pass name]``."""
+    for name, method in methods.items():
+        bound = getattr(model, method)
+
+        def timed(*args: Any, _bound: Callable[..., Any] = bound, _name: str = name) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _bound(*args)
+            finally:
+                totals[_name] += time.perf_counter() - t0
+        setattr(model, method, timed)
+
+
 def run_mesa(config: BenchConfig, repeats: int, quick: bool,
              emit: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Time the Mesa reference implementation on ``config`` with the kernel's protocol.
@@ -585,7 +622,8 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
     Each repeat builds a fresh :class:`~cikabm.mesa.reference.ReferenceModel`
     (set-up), steps through the warm-up untimed, then times each of the timed
     steps; the live tumour cells and effectors before each timed step are
-    counted outside the timed calls.
+    counted outside the timed calls. The passes of the step are timed too
+    (:data:`MESA_PASS_METHODS`), to compare them one by one with the kernel's.
     """
     t0 = time.perf_counter()
     from cikabm.mesa.reference import LIVE, ReferenceModel
@@ -595,12 +633,15 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
     scenario = scenario_from_dict(bench_scenario(config.shape))
     warmup, steps = config.window(quick)
     setup, seconds, counted = [], [], []
+    by_pass = {name: 0.0 for name in MESA_PASS_METHODS}
     for r in range(repeats):
         t0 = time.perf_counter()
         model = ReferenceModel(scenario=scenario, seed=scenario.scenario.seed)
         setup.append(time.perf_counter() - t0)
         for _ in range(warmup):
             model.step()
+        pass_totals = {name: 0.0 for name in MESA_PASS_METHODS}
+        _time_methods(model, MESA_PASS_METHODS, pass_totals)
         n_sub = int(model.rules.n_sub)
         tumour = effectors = 0
         elapsed = 0.0
@@ -611,6 +652,8 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
             model.step()
             elapsed += time.perf_counter() - t0
         seconds.append(elapsed)
+        for name, s in pass_totals.items():
+            by_pass[name] += s / repeats
         counted.append({"tumour_cell_steps": tumour, "effector_updates": effectors,
                         "agent_updates": tumour + effectors})
         emit(f"{config.name} Mesa reference: repeat {r + 1}/{repeats}: set-up {setup[-1]:.2f} s, "
@@ -626,6 +669,7 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
         "warmup_steps": warmup,
         "steps_timed": steps,
         "seconds": _stats(seconds),
+        "seconds_by_pass": by_pass,
         "counts": counted,
         "agent_updates_per_s": agent / med,
         "site_updates_per_s": math.prod(config.shape) * steps / med,
@@ -734,6 +778,7 @@ def _config_entry(raw: dict[str, Any], cores: int) -> dict[str, Any]:
             "effectors_mean": run["effectors_mean"],
             "digest": run["digests"][0],
             "repeats_identical": len(set(run["digests"])) == 1,
+            "seconds_by_pass": run.get("seconds_by_pass"),
         })
     counts = [r["threads"] for r in runs]
     speedup, efficiency = _scaling([r["seconds"]["median"] for r in runs], counts, config.kind)
@@ -798,7 +843,21 @@ def _mesa_entry(kernel: dict[str, Any], raw_kernel: dict[str, Any], mesa: dict[s
         "mesa_agent_updates": mesa["counts"],
         "warmup_steps": mesa["warmup_steps"],
         "steps_timed": mesa["steps_timed"],
+        "by_pass": _pass_comparison(kernel["runs"][0].get("seconds_by_pass"), mesa.get("seconds_by_pass")),
     }
+
+
+def _pass_comparison(kernel: dict[str, float] | None, mesa: dict[str, float] | None) -> dict[str, Any] | None:
+    """Seconds per pass of the step for the kernel (first thread count) and Mesa, their shares and ratios."""
+    if not kernel or not mesa:
+        return None
+    k_total, m_total = sum(kernel.values()), sum(mesa.values())
+    out = {}
+    for name, k in kernel.items():
+        m = mesa.get(name, 0.0)
+        out[name] = {"kernel_seconds": k, "mesa_seconds": m, "kernel_share": k / k_total if k_total else None,
+                     "mesa_share": m / m_total if m_total else None, "ratio": m / k if k > 0 else None}
+    return out
 
 
 def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool = False,
@@ -1030,6 +1089,7 @@ def markdown_report(report: dict[str, Any], *, image_dir: str | None = None) -> 
         out.append(f"| {name} | {e['steps_timed']} ({e['warmup_steps']}) | {r0['tumour_cells_mean']:,.0f} "
                    f"| {r0['effectors_mean']:,.0f} | {e['bytes_per_site']:.2f} | {e['bytes_per_effector']} "
                    f"| {e['setup_seconds']['median']:.2f} | {check} |")
+    out += _pass_tables(report)
     c = report["compile"]
     parts = []
     if "cache_load_seconds" in c:
@@ -1053,6 +1113,40 @@ def markdown_report(report: dict[str, Any], *, image_dir: str | None = None) -> 
                        for stem in ("strong_scaling", "weak_scaling", "site_updates")
                        if f"{stem}.png" in report.get("files", [])]
     return "\n".join(out) + "\n"
+
+
+_PASS_LABELS = {"supply": "supply", "tumour_propose": "tumour propose", "tumour_resolve": "tumour resolve",
+                "effectors": "effectors", "ifn_field": "IFN-gamma field", "record": "record"}
+
+
+def _pass_tables(report: dict[str, Any]) -> list[str]:
+    """Markdown: the share of each pass of the step, and the Mesa comparison pass by pass."""
+    rows = []
+    for name, e in report["configurations"].items():
+        for r in e["runs"]:
+            by_pass = r.get("seconds_by_pass")
+            if by_pass and (r is e["runs"][0] or r["threads"] == min(report["machine"]["cores"], e["threads"][-1])):
+                total = sum(by_pass.values())
+                cells = " | ".join(f"{100 * by_pass.get(p, 0.0) / total:.0f} %" for p in _PASS_LABELS)
+                rows.append(f"| {name} | {r['threads']} | {1e6 * total / e['steps_timed']:,.0f} | {cells} |")
+    if not rows:
+        return []
+    out = ["", "Where the time goes (share of the timed seconds by pass of the step; time-stamp counter):", "",
+           "| configuration | threads | µs per step | " + " | ".join(_PASS_LABELS.values()) + " |",
+           "|---|---|---|" + "---|" * len(_PASS_LABELS), *rows]
+    for name in report["mesa"].get("configurations", ()):
+        cmp_ = report["configurations"][name].get("mesa", {}).get("by_pass")
+        if not cmp_:
+            continue
+        steps = report["configurations"][name]["mesa"]["steps_timed"]
+        out += ["", f"Mesa reference vs kernel (1 thread) on {name}, pass by pass:", "",
+                "| pass | Mesa ms per step | kernel µs per step | kernel share | ratio |", "|---|---|---|---|---|"]
+        for p, v in cmp_.items():
+            ratio = "-" if v["ratio"] is None else f"{v['ratio']:.0f}x"
+            share = 100 * (v["kernel_share"] or 0.0)
+            out.append(f"| {_PASS_LABELS.get(p, p)} | {1e3 * v['mesa_seconds'] / steps:.2f} "
+                       f"| {1e6 * v['kernel_seconds'] / steps:.1f} | {share:.0f} % | {ratio} |")
+    return out
 
 
 def save_plots(report: dict[str, Any], directory: str | os.PathLike[str]) -> list[Path]:

@@ -283,6 +283,7 @@ class Simulation:
         self.arrivals = np.zeros(core.N_KINDS, np.int64)
         self.records = np.zeros((self.disc.n_records, core.N_REC), np.float64)
         self.row_counts = np.zeros((geom.nz * geom.ny, 3), np.int64)
+        self.pass_ticks = np.zeros(len(core.PASS_NAMES), np.uint64)  # see time_by_pass
         tum = self.scenario.tumour
         sites = initial_tumour_sites(self.scenario, geom, self.seed, self.patient)
         core.seed_tumour(self.lattice, sites, self.seed, self.patient, tum.ligand_mean, tum.ligand_sd,
@@ -322,8 +323,22 @@ class Simulation:
         core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
                        self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
                        self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
-                       self.records, self.row_counts, numba.get_num_threads(), PARALLEL_MIN_SITES)
+                       self.records, self.row_counts, numba.get_num_threads(), PARALLEL_MIN_SITES,
+                       self.pass_ticks)
         self.step = end
+
+    def time_by_pass(self) -> dict[str, float] | None:
+        """Share of the kernel's time spent in each pass of the step, over every step run so far.
+
+        Keys are :data:`cikabm.kernels.core.PASS_NAMES` in step order; values
+        sum to 1. Measured with the CPU's time-stamp counter around each pass
+        (:func:`~cikabm.kernels.core.cycle_counter`); None where there is none
+        (not x86-64) or before any step. Reset with ``sim.pass_ticks[:] = 0``.
+        """
+        total = int(self.pass_ticks.sum())
+        if total == 0:
+            return None
+        return {name: int(t) / total for name, t in zip(core.PASS_NAMES, self.pass_ticks, strict=True)}
 
     def run(self, *, progress: bool | None = None, n_snapshots: int = 4) -> Results:
         """Run to the end of the scenario.

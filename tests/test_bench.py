@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import math
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import pytest
 
 from cikabm import bench
 from cikabm.cli import main
+from cikabm.kernels.core import PASS_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
+CYCLE_COUNTER = platform.machine().lower() in ("x86_64", "amd64")
 HAVE_MESA = importlib.util.find_spec("mesa") is not None
 
 #: Keys the issue documents for every configuration of bench.json.
@@ -119,6 +122,49 @@ def test_mesa_comparison(quick_run: dict[str, Any]):
     assert kernel["agent_updates"] == kernel["tumour_cell_steps"] + kernel["effector_updates"] > 0
     assert "mesa_ratio" not in report["configurations"]["weak_2d_64"]
     assert "Mesa reference on 2d_64" in quick_run["stdout"]
+    by_pass = cmp_["by_pass"]
+    if CYCLE_COUNTER:
+        assert list(by_pass) == list(PASS_NAMES)
+        mesa_total = sum(v["mesa_seconds"] for v in by_pass.values())
+        assert 0 < mesa_total <= cmp_["mesa_seconds"]["max"] * 1.001  # the passes are inside the timed steps
+        assert sum(v["mesa_share"] for v in by_pass.values()) == pytest.approx(1.0)
+        for v in by_pass.values():
+            if v["kernel_seconds"] > 0:
+                assert v["ratio"] == pytest.approx(v["mesa_seconds"] / v["kernel_seconds"])
+        assert "pass by pass" in bench.markdown_report(report)
+    else:
+        assert by_pass is None
+
+
+@pytest.mark.skipif(not CYCLE_COUNTER, reason="no time-stamp counter on this CPU")
+def test_time_is_split_over_the_passes_of_the_step(quick_run: dict[str, Any]):
+    for entry in quick_run["report"]["configurations"].values():
+        for run in entry["runs"]:
+            by_pass = run["seconds_by_pass"]
+            assert list(by_pass) == list(PASS_NAMES)
+            assert all(v >= 0 for v in by_pass.values())
+            assert sum(by_pass.values()) == pytest.approx(run["seconds"]["median"])
+            assert by_pass["tumour_propose"] > 0 and by_pass["effectors"] > 0
+    assert "Where the time goes" in bench.markdown_report(quick_run["report"])
+
+
+def test_simulation_time_by_pass():
+    from cikabm import Simulation, scenario_from_dict
+
+    sim = Simulation(scenario_from_dict(bench.bench_scenario((32, 32))))
+    assert sim.time_by_pass() is None  # no step yet
+    sim.advance(36)
+    shares = sim.time_by_pass()
+    if not CYCLE_COUNTER:
+        assert shares is None
+        return
+    assert list(shares) == list(PASS_NAMES)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["record"] > 0  # step 36 is a record step
+    before = sim.pass_ticks.copy()
+    sim.advance(1)  # not a record step: the record pass gains nothing
+    assert sim.pass_ticks[PASS_NAMES.index("record")] == before[PASS_NAMES.index("record")]
+    assert (sim.pass_ticks >= before).all() and sim.pass_ticks.sum() > before.sum()
 
 
 def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

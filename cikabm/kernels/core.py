@@ -59,6 +59,7 @@ Performance notes
 
 from __future__ import annotations
 
+import platform
 from typing import NamedTuple
 
 import numpy as np
@@ -316,6 +317,29 @@ def prefetch(typingctx, arr, idx):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
         return context.get_dummy_value()
+    return sig, codegen
+
+
+#: The passes of one step, in step order: the entries of ``pass_ticks`` (see :func:`run_steps`).
+PASS_NAMES = ("supply", "tumour_propose", "tumour_resolve", "effectors", "ifn_field", "record")
+
+
+@intrinsic
+def cycle_counter(typingctx):
+    """The CPU's time-stamp counter (``rdtsc``) on x86-64; 0 elsewhere.
+
+    A few tens of cycles to read: cheap enough to time every pass of every
+    step. Other architectures' cycle counters may trap in user space, so they
+    are not read.
+    """
+    sig = types.uint64()
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return i64(0)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, []), "llvm.readcyclecounter")
+        return builder.call(fn, [])
     return sig, codegen
 
 
@@ -1652,7 +1676,7 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
 @njit(cache=True)
 def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed, patient,
               step_begin, step_end, mean_cik, mean_ctl, record_every, records, row_counts,
-              n_threads, parallel_min):
+              n_threads, parallel_min, pass_ticks):
     """Advance the model from ``step_begin`` to ``step_end`` (exclusive).
 
     ``mean_cik[step]`` is the expected number of CIK arrivals in that step;
@@ -1669,6 +1693,9 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     field sub-step when the field is large enough; one more on record steps).
     Scratch (row hulls, effector buckets) lives for one call; on return the
     effectors are compacted and in order of arrival.
+
+    ``pass_ticks[k]`` (uint64, one entry per :data:`PASS_NAMES`) gains the
+    :func:`cycle_counter` ticks spent in pass ``k``: where the time goes.
     """
     lattice_parallel = geom.nz * geom.ny * geom.nx >= parallel_min
     field_parallel = geom.cz * geom.cy * geom.cx >= parallel_min
@@ -1682,6 +1709,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
     n_dead = 0  # dead effectors not yet compacted away
     for step in range(step_begin, step_end):
+        t0 = cycle_counter()
         dead_before = n_dead
         n_dead = supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step,
                         mean_cik[step], mean_ctl, n_dead)
@@ -1689,21 +1717,32 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
             work.state[_LISTS_VALID] = 0
         hull_prev = hulls[(step - step_begin) % 2]
         hull = hulls[(step - step_begin + 1) % 2]
+        t1 = cycle_counter()
         _propose_pass(lat, geom, hull_prev, hull, stream_key(seed, patient, step, P_TUMOUR_EVENT),
                       prm.thr_tumour_death, prm.thr_tumour_event, lattice_parallel)
+        t2 = cycle_counter()
         _resolve_pass(lat, geom, hull, stream_key(seed, patient, step, P_DIVISION_WINNER),
                       stream_key(seed, patient, step, P_INHERIT),
                       stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
                       prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
+        t3 = cycle_counter()
         n_strips = 1
         if counters[0] - n_dead >= effector_min:
             n_strips = max(n_threads, 1)
         n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
                                     work, n_strips)
+        t4 = cycle_counter()
         field_step(ifn, ifn_tmp, geom, prm, field_parallel)
+        t5 = cycle_counter()
+        pass_ticks[0] += t1 - t0
+        pass_ticks[1] += t2 - t1
+        pass_ticks[2] += t3 - t2
+        pass_ticks[3] += t4 - t3
+        pass_ticks[4] += t5 - t4
         if (step + 1) % record_every == 0:
             record(records[(step + 1) // record_every], lat, eff, counters, kills, arrivals,
                    geom, prm, ifn, row_counts, lattice_parallel)
+            pass_ticks[5] += cycle_counter() - t5
     if n_dead > 0:
         compact_effectors(eff, counters)
     _store_by_arrival(eff, counters, _order_buffers(eff)[1])
