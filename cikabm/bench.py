@@ -8,10 +8,13 @@ What is measured
 Every configuration (:data:`CONFIGS`, plain data) is a square or cubic lattice
 with default rules: a tumour ball filling :data:`TUMOUR_FILL` of the sites,
 endogenous CTL influx and CIK infusions on the Lee 2015 schedule from day 0.5.
-Each configuration runs in a fresh worker process (``python -m cikabm.bench``)
-whose Numba thread pool is sized before Numba starts, so any thread count up to
-the largest asked for can be used, more than there are cores included. The
-worker times separately:
+Each configuration and thread count ``n`` runs in a fresh worker process
+(``python -m cikabm.bench``) whose Numba thread pool is exactly ``n`` threads
+(``NUMBA_NUM_THREADS``) and which is pinned to ``n`` CPUs (all of them when
+``n`` is more than there are cores; :func:`pin_cpus`). Both matter on a small
+machine: a pool larger than the threads used, or a process left to migrate
+between CPUs, made single-thread runs up to 1.5x slower, and the slowdown
+changed from one process to the next. The worker times separately:
 
 * *import*: ``import cikabm.simulation`` (NumPy, Numba, pandas);
 * *compile or cache load*: the first run of the kernels, on a tiny lattice
@@ -452,6 +455,21 @@ def _peak_rss_bytes() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def pin_cpus(threads: int) -> list[int] | None:
+    """Pin this process to ``threads`` of the CPUs it may run on (all when there are fewer).
+
+    Returns the CPUs pinned to, or None where the system cannot pin
+    (:func:`os.sched_setaffinity` is Linux-only). Threads started afterwards
+    (Numba's pool) inherit the set.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[:threads] if threads <= len(allowed) else allowed
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
 @contextlib.contextmanager
 def numba_threads(threads: int) -> Iterator[None]:
     """Run a block with ``threads`` Numba threads, then restore the previous count."""
@@ -690,6 +708,8 @@ def _worker_main(argv: Sequence[str]) -> int:
         print(json.dumps({"progress": message}), flush=True)
 
     task = spec["task"]
+    if spec.get("pin_threads"):
+        spec["pinned_cpus"] = pin_cpus(spec["pin_threads"])
     if task == "config":
         result = run_config(BenchConfig.from_dict(spec["config"]), spec["threads"], spec["repeats"],
                             spec["quick"], emit)
@@ -699,6 +719,7 @@ def _worker_main(argv: Sequence[str]) -> int:
         result = run_cold_compile(emit)
     else:
         raise ValueError(f"unknown task {task!r}")
+    result["pinned_cpus"] = spec.get("pinned_cpus")
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 
@@ -733,6 +754,25 @@ def _run_worker(spec: dict[str, Any], env: dict[str, str], emit: Callable[[str],
             raise BenchError(f"benchmark worker for {spec.get('config', {}).get('name', spec['task'])} failed "
                              f"(exit status {rc}):\n  " + "\n  ".join(tail))
         return json.loads(result_path.read_text())
+
+
+def _merge_workers(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's measurements from its workers (one per thread count, ascending).
+
+    Set-up, memory, the exact agent-update count and the import and cache
+    times are those of the first worker; the runs, warm-ups and peak memory
+    are gathered from all.
+    """
+    merged = dict(parts[0])
+    merged["runs"] = []
+    for part in parts:
+        for run in part["runs"]:
+            merged["runs"].append({**run, "pinned_cpus": part.get("pinned_cpus"),
+                                   "numba_num_threads": part["numba_num_threads"]})
+    merged["warmup_seconds"] = _stats([s for part in parts for s in part["warmup_seconds"]["all"]])
+    rss = [part["peak_rss_bytes"] for part in parts if part["peak_rss_bytes"] is not None]
+    merged["peak_rss_bytes"] = max(rss) if rss else None
+    return merged
 
 
 def _worker_env(threads: int, cache_dir: str | None = None) -> dict[str, str]:
@@ -779,6 +819,8 @@ def _config_entry(raw: dict[str, Any], cores: int) -> dict[str, Any]:
             "digest": run["digests"][0],
             "repeats_identical": len(set(run["digests"])) == 1,
             "seconds_by_pass": run.get("seconds_by_pass"),
+            "numba_num_threads": run.get("numba_num_threads"),
+            "pinned_cpus": run.get("pinned_cpus"),
         })
     counts = [r["threads"] for r in runs]
     speedup, efficiency = _scaling([r["seconds"]["median"] for r in runs], counts, config.kind)
@@ -907,7 +949,6 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     cores = os.cpu_count() or 1
     start = datetime.now(UTC)
     t_start = time.perf_counter()
-    env = _worker_env(max(threads))
     have_mesa = mesa_available()
     report: dict[str, Any] = {
         "benchmark": "cikabm-bench",
@@ -918,7 +959,8 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         "quick": quick,
         "machine": {"name": machine_name or default_machine_name(), **machine_info()},
         "settings": {"configurations": [c.name for c in chosen], "threads": threads, "repeats": repeats,
-                     "numba_num_threads": max(threads)},
+                     "workers": "one per configuration and thread count n: NUMBA_NUM_THREADS = n, "
+                                "pinned to n CPUs (all CPUs when n exceeds them)"},
         "definitions": DEFINITIONS,
         "compile": {},
         "configurations": {},
@@ -931,8 +973,10 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     raws: dict[str, dict[str, Any]] = {}
     for i, config in enumerate(chosen, 1):
         emit(f"[{i}/{len(chosen)}] {config.name}: {config.description}")
-        raw = _run_worker({"task": "config", "config": config.to_dict(), "threads": threads,
-                           "repeats": repeats, "quick": quick}, env, emit)
+        counts = [n for n in threads if config.kind == "strong" or n <= cores] or threads[:1]
+        parts = [_run_worker({"task": "config", "config": config.to_dict(), "threads": [n], "repeats": repeats,
+                              "quick": quick, "pin_threads": n}, _worker_env(n), emit) for n in counts]
+        raw = _merge_workers(parts)
         raws[config.name] = raw
         report["configurations"][config.name] = _config_entry(raw, cores)
     if raws:
@@ -955,7 +999,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
             emit(f"Mesa reference implementation on {config.name}")
             try:
                 mesa = _run_worker({"task": "mesa", "config": config.to_dict(), "repeats": repeats,
-                                    "quick": quick}, env, emit)
+                                    "quick": quick, "pin_threads": 1}, _worker_env(1), emit)
             except BenchError as err:  # keep the kernel's results; say why the comparison is missing
                 report["mesa"]["note"] = f"the Mesa comparison failed: {err}"
                 emit(report["mesa"]["note"])
@@ -969,7 +1013,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     if cold_compile:
         emit("cold compile (empty Numba cache)")
         with tempfile.TemporaryDirectory(prefix="cikabm_bench_cache_") as cache:
-            compiled = _run_worker({"task": "compile"}, _worker_env(max(threads), cache), emit)
+            compiled = _run_worker({"task": "compile"}, _worker_env(1, cache), emit)
         report["compile"]["cold_compile_seconds"] = compiled["cold_compile_seconds"]
     else:
         report["compile"]["cold_compile_seconds"] = None

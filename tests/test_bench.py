@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,28 @@ def test_quick_run_writes_bench_json_with_documented_keys(quick_run: dict[str, A
     assert [r["shape"] for r in weak["runs"]] == [[64, 64 * t] for t in weak["threads"]]
     assert report["compile"]["cold_compile_seconds"] is None  # not timed with --quick
     assert set(report["definitions"]) >= set(CONFIG_KEYS) - {"threads"}
+
+
+def test_each_thread_count_runs_in_its_own_pinned_worker(quick_run: dict[str, Any]):
+    report = quick_run["report"]
+    for entry in report["configurations"].values():
+        for run in entry["runs"]:
+            assert run["numba_num_threads"] == run["threads"]  # a pool of exactly the threads used
+            if hasattr(os, "sched_setaffinity"):
+                assert len(run["pinned_cpus"]) == min(run["threads"], len(os.sched_getaffinity(0)))
+
+
+def test_pin_cpus_restricts_this_process():
+    if not hasattr(os, "sched_setaffinity"):
+        assert bench.pin_cpus(1) is None
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        chosen = bench.pin_cpus(1)
+        assert len(chosen) == 1 and os.sched_getaffinity(0) == set(chosen) <= before
+        assert set(bench.pin_cpus(len(before) + 5)) == os.sched_getaffinity(0)  # more than allowed: all
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_results_identical_across_thread_counts(quick_run: dict[str, Any]):
