@@ -68,7 +68,11 @@ def test_quick_run_writes_bench_json_with_documented_keys(quick_run: dict[str, A
         for run in entry["runs"]:
             assert len(run["seconds"]["all"]) == (2 if run["threads"] <= report["machine"]["cores"] else 1)
             assert run["seconds"]["min"] <= run["seconds"]["median"] <= run["seconds"]["max"]
-        assert entry["efficiency"][0] == pytest.approx(1.0)
+        assert entry["efficiency"][0] == pytest.approx(1.0) == entry["efficiency_min"][0]
+        t_min = [run["seconds"]["min"] for run in entry["runs"]]
+        if entry["kind"] == "strong":
+            assert entry["efficiency_min"] == pytest.approx([t_min[0] / (n * t) for n, t in
+                                                             zip(entry["threads"], t_min, strict=True)])
         assert entry["compile_or_cache_load_seconds"] > 0
         assert entry["setup_seconds"]["median"] > 0
     assert report["configurations"]["2d_64"]["threads"] == [1, 2, 3]
