@@ -761,6 +761,27 @@ def _run_worker(spec: dict[str, Any], env: dict[str, str], emit: Callable[[str],
         return json.loads(result_path.read_text())
 
 
+def _merge_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The measurements of one thread count from its workers (one per round): their repeats pooled."""
+    merged = dict(rounds[0])
+    if len(rounds) == 1:
+        return merged
+    runs = [r["runs"][0] for r in rounds]
+    seconds = [s for run in runs for s in run["seconds"]["all"]]
+    by_pass = None
+    if all(run.get("seconds_by_pass") for run in runs):  # shares averaged over rounds, of the pooled median
+        shares = [{k: v / sum(run["seconds_by_pass"].values()) for k, v in run["seconds_by_pass"].items()}
+                  for run in runs]
+        by_pass = {k: statistics.median(seconds) * sum(s[k] for s in shares) / len(shares) for k in shares[0]}
+    merged["runs"] = [{**runs[0], "seconds": _stats(seconds), "seconds_by_pass": by_pass,
+                       "digests": [d for run in runs for d in run["digests"]]}]
+    for key in ("setup_seconds", "warmup_seconds"):
+        merged[key] = _stats([s for r in rounds for s in r[key]["all"]])
+    rss = [r["peak_rss_bytes"] for r in rounds if r["peak_rss_bytes"] is not None]
+    merged["peak_rss_bytes"] = max(rss) if rss else None
+    return merged
+
+
 def _merge_workers(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One configuration's measurements from its workers (one per thread count, ascending).
 
@@ -926,7 +947,10 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     threads : sequence of int, optional
         Thread counts (default: :func:`default_threads`).
     repeats : int, optional
-        Timed repeats per thread count (default 3, quick 2).
+        Timed repeats per thread count (default 3, quick 2). The full suite
+        takes them in rounds, each round one worker per thread count in turn,
+        so that a slow spell of the machine falls on every thread count
+        alike; ``quick`` times them all in one worker per thread count.
     machine_name : str, optional
         Name recorded for the machine (default: :func:`default_machine_name`).
     cold_compile : bool, optional
@@ -981,9 +1005,18 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     for i, config in enumerate(chosen, 1):
         emit(f"[{i}/{len(chosen)}] {config.name}: {config.description}")
         counts = [n for n in threads if config.kind == "strong" or n <= cores] or threads[:1]
-        parts = [_run_worker({"task": "config", "config": config.to_dict(), "threads": [n], "repeats": repeats,
-                              "quick": quick, "pin_threads": n}, _worker_env(n), emit) for n in counts]
-        raw = _merge_workers(parts)
+        rounds, per_worker = (1, repeats) if quick else (repeats, 1)
+        parts: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        for round_ in range(rounds):
+            for n in counts:
+                if n > cores and round_ > 0:
+                    continue  # more threads than cores: timed once, for the identity check
+                if rounds > 1:
+                    emit(f"{config.name}: round {round_ + 1}/{rounds}, {n} thread(s)")
+                parts[n].append(_run_worker({"task": "config", "config": config.to_dict(), "threads": [n],
+                                             "repeats": per_worker, "quick": quick, "pin_threads": n},
+                                            _worker_env(n), emit))
+        raw = _merge_workers([_merge_rounds(parts[n]) for n in counts])
         raws[config.name] = raw
         report["configurations"][config.name] = _config_entry(raw, cores)
     if raws:

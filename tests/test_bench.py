@@ -332,3 +332,21 @@ def test_help_lists_the_configurations(capsys: pytest.CaptureFixture[str]):
     assert out.startswith("usage: cikabm bench")
     for name in bench.CONFIGS:
         assert name in out
+
+
+def test_full_suite_pools_repeats_taken_in_rounds():
+    """Without ``quick`` each repeat runs in its own worker, thread counts in turn; the rounds are pooled."""
+    messages: list[str] = []
+    report = bench.run_suite(["2d_64"], quick=False, threads=[1, 2], repeats=2, cold_compile=False,
+                             progress=messages.append)
+    entry = report["configurations"]["2d_64"]
+    rounds = [m for m in messages if ": round " in m]
+    assert rounds == ["2d_64: round 1/2, 1 thread(s)", "2d_64: round 1/2, 2 thread(s)",
+                      "2d_64: round 2/2, 1 thread(s)", "2d_64: round 2/2, 2 thread(s)"]
+    for run in entry["runs"]:
+        assert len(run["seconds"]["all"]) == 2
+        assert run["repeats_identical"] is True
+        if CYCLE_COUNTER:
+            assert sum(run["seconds_by_pass"].values()) == pytest.approx(run["seconds"]["median"])
+    assert len(entry["setup_seconds"]["all"]) == 2
+    assert entry["identical_across_threads"] is True
