@@ -139,8 +139,8 @@ DEFINITIONS: dict[str, str] = {
                   "second, same scenario, seed, warm-up and timed steps",
     "seconds_by_pass": "the median timed seconds split over the passes of the step (supply, tumour propose, "
                        "tumour resolve, effectors, IFN-gamma field, record) in proportion to the CPU "
-                       "time-stamp-counter ticks each took, summed over the repeats (x86-64 only); Mesa: wall "
-                       "seconds of each pass method, mean over the repeats",
+                       "time-stamp-counter ticks each took, summed over the repeats (x86-64 only); Mesa: the "
+                       "same split in proportion to the wall seconds each pass method took over all repeats",
 }
 
 
@@ -676,13 +676,16 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
             elapsed += time.perf_counter() - t0
         seconds.append(elapsed)
         for name, s in pass_totals.items():
-            by_pass[name] += s / repeats
+            by_pass[name] += s
         counted.append({"tumour_cell_steps": tumour, "effector_updates": effectors,
                         "agent_updates": tumour + effectors})
         emit(f"{config.name} Mesa reference: repeat {r + 1}/{repeats}: set-up {setup[-1]:.2f} s, "
              f"{steps} steps {elapsed:.2f} s ({(tumour + effectors) / elapsed:.3g} agent updates/s)")
     med = statistics.median(seconds)
     agent = statistics.median(c["agent_updates"] for c in counted)
+    passes_total = sum(by_pass.values())
+    if passes_total > 0:  # the median split in proportion, as for the kernel
+        by_pass = {name: med * s / passes_total for name, s in by_pass.items()}
     return {
         "task": "mesa",
         "config": config.to_dict(),
