@@ -350,3 +350,20 @@ def test_full_suite_pools_repeats_taken_in_rounds():
             assert sum(run["seconds_by_pass"].values()) == pytest.approx(run["seconds"]["median"])
     assert len(entry["setup_seconds"]["all"]) == 2
     assert entry["identical_across_threads"] is True
+
+
+def test_rng_floor_script_writes_both_timings(tmp_path: Path):
+    """benchmarks/rng_floor.py: the draws alone and the whole propose pass, on the same visited sites."""
+    spec = importlib.util.spec_from_file_location("rng_floor", ROOT / "benchmarks" / "rng_floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "rng_floor.json"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert module.main(["--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 0 < result["live_tumour_cells"] <= result["sites_visited_per_step"] <= 256 * 256
+    for name in ("hash_only", "propose_pass"):
+        assert result[name]["us_per_step"] > 0
+        assert result[name]["ns_per_visited_site"] == pytest.approx(
+            1e3 * result[name]["us_per_step"] / result["sites_visited_per_step"])
+    assert "ns per visited site" in printed.getvalue()

@@ -1,0 +1,136 @@
+"""The floor of the tumour propose pass: what its random draws alone cost, against the whole pass.
+
+The propose pass (step order item 2) draws one counter-based number per live
+tumour cell, ``mix64(key ^ site * golden) >> 32``, and compares it with the
+event threshold. This script times, on the warmed-up state of the suite's
+``2d_256`` configuration (:func:`cikabm.bench.bench_scenario`), one thread:
+
+* ``hash_only``: that draw and comparison for every site of the row hulls
+  (the sites the pass visits), in the same vectorised loop shape as the
+  kernel, and nothing else;
+* ``propose_pass``: the kernel's whole propose pass on the same state
+  (serial, with the row hulls of the state as the kernel carries them from
+  step to step), which adds the events (division proposals; no cell is made
+  to die, so that every repeat starts from the same lattice) and the hulls.
+
+Both are repeated ``--steps`` times with a new key each time and reported as
+microseconds per step and nanoseconds per visited site; the JSON goes to
+``--out``. It explains how far the kernel is from a given speed-up over the
+Mesa reference (see "Reading the Mesa ratio" in ``benchmarks/README.md``).
+
+Usage::
+
+    python benchmarks/rng_floor.py [--steps 288] [--repeats 5] [--out benchmarks/results/rng_floor.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit
+
+from cikabm.bench import bench_scenario, machine_info
+from cikabm.io import atomic_write_json
+from cikabm.kernels import core
+from cikabm.scenario import scenario_from_dict
+from cikabm.simulation import Simulation
+
+HERE = Path(__file__).resolve().parent
+
+
+@njit(cache=True)
+def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
+    """The propose pass's draws and threshold tests over the row hulls, ``steps`` times; returns the events."""
+    draws = np.empty(nx, np.int64)
+    thr_i = np.int64(thr_event)
+    events = 0
+    for step in range(steps):
+        key = core.stream_key(np.uint64(1), np.uint64(0), np.uint64(step), np.uint64(core.P_TUMOUR_EVENT))
+        for r in range(ny):
+            lo = hull[r, 0]
+            hi = hull[r, 1]
+            base = core._row_base(r, ny, z0, py, px)
+            cell_row = cell[base:base + nx]
+            ubase = np.uint64(base)
+            n_event = 0
+            for xu in range(np.uint64(max(lo, 0)), np.uint64(max(hi, lo, 0))):
+                u = core.mix64(key ^ ((ubase + xu) * core._GOLDEN)) >> core._S32
+                v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * core._NOT_LIVE
+                draws[xu] = v
+                n_event += v < thr_i
+            events += n_event
+    return events
+
+
+@njit(cache=True)
+def propose_loop(lat, geom, hull_prev, hull, thr_event, steps):
+    """The kernel's propose pass (serial), ``steps`` times with a new key each time.
+
+    No cell dies (death threshold 0: those events become division attempts),
+    so the lattice stays as it was; proposals are overwritten by each pass.
+    """
+    for step in range(steps):
+        key = core.stream_key(np.uint64(1), np.uint64(0), np.uint64(step), np.uint64(core.P_TUMOUR_EVENT))
+        core._propose_pass(lat, geom, hull_prev, hull, key, np.uint64(0), thr_event, False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=288, help="passes per repeat (default 288)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "rng_floor.json")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error(f"--steps {args.steps} and --repeats {args.repeats} must be at least 1")
+    numba.set_num_threads(1)
+    sim = Simulation(scenario_from_dict(bench_scenario((256, 256))))
+    sim.advance(144)  # the suite's warm-up
+    d = sim.disc
+    geom, prm = d.geometry, d.params
+    key0 = np.uint64(core.stream_key(1, 0, 0, core.P_TUMOUR_EVENT))
+    hull = core.tumour_propose(copy.deepcopy(sim.lattice), geom, key0, np.uint64(0), prm.thr_tumour_event, False)
+    hull_out = hull.copy()
+    visited = int(np.clip(hull[:, 1] - hull[:, 0], 0, None).sum())
+    live = int((sim.lattice.cell == core.LIVE).sum())
+    hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px, prm.thr_tumour_event, 1)
+    propose_loop(sim.lattice, geom, hull, hull_out, prm.thr_tumour_event, 1)  # compile or load both first
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    t_hash = timed(lambda: hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px,
+                                     prm.thr_tumour_event, args.steps))
+    t_pass = timed(lambda: propose_loop(sim.lattice, geom, hull, hull_out, prm.thr_tumour_event, args.steps))
+    result = {
+        "machine": machine_info(),
+        "lattice": [256, 256],
+        "live_tumour_cells": live,
+        "sites_visited_per_step": visited,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
+    for name, seconds in (("hash_only", t_hash), ("propose_pass", t_pass)):
+        result[name] = {"seconds_median": seconds, "us_per_step": 1e6 * seconds / args.steps,
+                        "ns_per_visited_site": 1e9 * seconds / args.steps / visited}
+        print(f"{name:>13}: {1e6 * seconds / args.steps:7.1f} µs per step, "
+              f"{1e9 * seconds / args.steps / visited:5.2f} ns per visited site ({visited:,} sites, {live:,} live)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
