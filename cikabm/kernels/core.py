@@ -1010,98 +1010,80 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                     klass[i] = -1
                     kz[zone, 16] += 1
                     continue
+                target = -1  # the live target a kill may complete on in this sub-step
+                thr_kill = np.uint64(0)
                 t = e_target[i]
                 if t >= 0:
                     if cell[t] != LIVE:
                         e_target[i] = -1  # target died another way: free again
                     else:
-                        mech = e_mechanism[i]
-                        thr_done = thr_perforin_done if mech == MECH_PERFORIN else thr_fas_done
-                        if hit(draw(key_complete, uid), thr_done):
-                            cell[t] = DYING
-                            lost = mhc_lost[t]
-                            e_event[i] = EVENT_KILL + 2 * mech + lost
-                            kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
-                            e_kills[i] += 1
-                            if mech == MECH_PERFORIN:
-                                e_granules[i] -= 1
-                            e_target[i] = -1
-                        continue  # engaged effectors do not move
-                if e_granules[i] < granules_max and hit(draw(key_regen, uid), thr_regen):
-                    e_granules[i] += 1
-                if e_kills[i] < kill_capacity:
+                        target = t
+                        thr_kill = thr_perforin_done if e_mechanism[i] == MECH_PERFORIN else thr_fas_done
+                if target < 0:
+                    if e_granules[i] < granules_max and hit(draw(key_regen, uid), thr_regen):
+                        e_granules[i] += 1
                     has_granules = e_granules[i] > 0
-                    if has_granules or ku[kind, 2] != 0:
+                    if e_kills[i] < kill_capacity and (has_granules or ku[kind, 2] != 0):
                         g = -1.0  # IFN-gamma response, found at the first live neighbour
                         rate_nkg2d = kf[kind, 0]
                         weight_self = kf[kind, 1]
                         rate_tcr = kf[kind, 2]
+                        # Two scans of the contact neighbourhood with the same partial sums: the
+                        # first sums the rates; the second, only when the engagement draw
+                        # succeeds, picks the target by the weighted reservoir.
                         total = 0.0
-                        for k in range(nnb + 1):
-                            n = pos + offsets[k]
-                            if cell[n] != LIVE:
-                                continue
-                            if g < 0.0:
-                                cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
-                                x = ifn[(tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8]
-                                g = x / (x + ifn_half) if x > 0.0 else 0.0
-                            if not has_granules:  # Fas/FasL only: needs enough effective Fas
-                                f = level[fas[n]]
-                                if f + (1.0 - f) * g < fas_threshold:
-                                    continue
-                            m = 0.0  # effective MHC-I (see effective_mhc)
-                            if mhc_lost[n] != 1:
-                                m = level[mhc[n]]
-                                m = m + (1.0 - m) * g
-                            r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
-                            if r <= 0.0:
-                                continue
-                            total += r
-                        engaged = False
-                        if total > 0.0:
-                            u = uniform(draw(key_engage, uid))
-                            if u < total * dt_sub * _EXPM1_BOUND and u < hazard_to_probability(total, dt_sub):
-                                # The reservoir pass, with the same partial sums.
+                        chosen = -1
+                        for scan in range(2):
+                            if scan == 1:
+                                if total <= 0.0:
+                                    break
+                                u = uniform(draw(key_engage, uid))
+                                if not (u < total * dt_sub * _EXPM1_BOUND and u < hazard_to_probability(total, dt_sub)):
+                                    break
                                 total = 0.0
-                                chosen = -1
-                                for k in range(nnb + 1):
-                                    n = pos + offsets[k]
-                                    if cell[n] != LIVE:
+                            for k in range(nnb + 1):
+                                n = pos + offsets[k]
+                                if cell[n] != LIVE:
+                                    continue
+                                if g < 0.0:
+                                    cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
+                                    x = ifn[(tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8]
+                                    g = x / (x + ifn_half) if x > 0.0 else 0.0
+                                if not has_granules:  # Fas/FasL only: needs enough effective Fas
+                                    f = level[fas[n]]
+                                    if f + (1.0 - f) * g < fas_threshold:
                                         continue
-                                    if not has_granules:
-                                        f = level[fas[n]]
-                                        if f + (1.0 - f) * g < fas_threshold:
-                                            continue
-                                    m = 0.0
-                                    if mhc_lost[n] != 1:
-                                        m = level[mhc[n]]
-                                        m = m + (1.0 - m) * g
-                                    r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
-                                    if r <= 0.0:
-                                        continue
-                                    total += r
-                                    if uniform(draw(key_scan, uid * 32 + k)) * total < r:
-                                        chosen = n
-                                if chosen >= 0:
-                                    engaged = True
-                                    mech = MECH_PERFORIN if has_granules else MECH_FAS
-                                    e_target[i] = chosen
-                                    e_mechanism[i] = mech
-                                    # The engagement began during this sub-step: the kill may already
-                                    # complete in the time left, so that no kill lasts a whole sub-step
-                                    # at least (which would make kill rates depend on dt).
-                                    thr_same = thr_perforin_same if mech == MECH_PERFORIN else thr_fas_same
-                                    if hit(draw(key_complete, uid), thr_same):
-                                        cell[chosen] = DYING
-                                        lost = mhc_lost[chosen]
-                                        e_event[i] = EVENT_KILL + 2 * mech + lost
-                                        kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
-                                        e_kills[i] += 1
-                                        if mech == MECH_PERFORIN:
-                                            e_granules[i] -= 1
-                                        e_target[i] = -1
-                        if engaged:
-                            continue
+                                m = 0.0  # effective MHC-I (see effective_mhc)
+                                if mhc_lost[n] != 1:
+                                    m = level[mhc[n]]
+                                    m = m + (1.0 - m) * g
+                                r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
+                                if r <= 0.0:
+                                    continue
+                                total += r
+                                if scan == 1 and uniform(draw(key_scan, uid * 32 + k)) * total < r:
+                                    chosen = n
+                        if chosen >= 0:
+                            mech = MECH_PERFORIN if has_granules else MECH_FAS
+                            e_target[i] = chosen
+                            e_mechanism[i] = mech
+                            target = chosen
+                            # The engagement began during this sub-step: the kill may already
+                            # complete in the time left, so that no kill lasts a whole sub-step
+                            # at least (which would make kill rates depend on dt).
+                            thr_kill = thr_perforin_same if mech == MECH_PERFORIN else thr_fas_same
+                if target >= 0:
+                    if hit(draw(key_complete, uid), thr_kill):
+                        mech = e_mechanism[i]
+                        cell[target] = DYING
+                        lost = mhc_lost[target]
+                        e_event[i] = EVENT_KILL + 2 * mech + lost
+                        kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
+                        e_kills[i] += 1
+                        if mech == MECH_PERFORIN:
+                            e_granules[i] -= 1
+                        e_target[i] = -1
+                    continue  # engaged effectors do not move
                 if well_mixed:
                     continue
                 bits = draw(key_move, uid)
