@@ -56,11 +56,13 @@ def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
         for r in range(ny):
             lo = hull[r, 0]
             hi = hull[r, 1]
+            if lo >= hi:  # no tumour cell in the row
+                continue
             base = core._row_base(r, ny, z0, py, px)
             cell_row = cell[base:base + nx]
             ubase = np.uint64(base)
             n_event = 0
-            for xu in range(np.uint64(max(lo, 0)), np.uint64(max(hi, lo, 0))):
+            for xu in range(np.uint64(lo), np.uint64(hi)):
                 u = core.mix64(key ^ ((ubase + xu) * core._GOLDEN)) >> core._S32
                 v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * core._NOT_LIVE
                 draws[xu] = v

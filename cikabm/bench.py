@@ -503,7 +503,7 @@ def _time_kernel_start(emit: Callable[[str], None]) -> tuple[float, float]:
 
 
 def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick: bool,
-               emit: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+               emit: Callable[[str], None] = lambda message: None, *, count_agents: bool = True) -> dict[str, Any]:
     """Time one configuration in this process (Numba's pool must allow ``max(threads)``).
 
     Parameters
@@ -517,6 +517,9 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
         Use the configuration's quick window.
     emit : callable
         Receives one line per finished measurement (progress).
+    count_agents : bool
+        Count the agent updates of the timed steps exactly (an untimed replay,
+        for the Mesa comparison) when the configuration is compared with Mesa.
 
     Returns
     -------
@@ -563,7 +566,7 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
             disc = start_state.disc
             emit(f"{label} {_shape_text(shape)}: set-up {statistics.median(times):.2f} s, warm-up "
                  f"{warmup} steps {warmup_times[-1]:.2f} s, {int(start_state.counters[0]):,} effectors")
-            if config.mesa and exact is None:
+            if config.mesa and count_agents and exact is None:
                 with numba_threads(min(max(counts), cores)):
                     exact = _exact_agent_updates(copy.deepcopy(start_state), steps)
         seconds: list[float] = []
@@ -609,14 +612,19 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
     }
 
 
+def _split(seconds: float, weights: dict[str, float]) -> dict[str, float] | None:
+    """``seconds`` split over the keys of ``weights`` in proportion; None when the weights are all 0."""
+    total = sum(weights.values())
+    if total <= 0:  # (the kernel's passes: no cycle counter on this CPU)
+        return None
+    return {name: seconds * w / total for name, w in weights.items()}
+
+
 def _seconds_by_pass(ticks: Any, seconds: float) -> dict[str, float] | None:
     """``seconds`` split over the passes of the step in proportion to their cycle-counter ``ticks``."""
     from cikabm.kernels.core import PASS_NAMES
 
-    total = int(ticks.sum())
-    if total == 0:  # no cycle counter on this CPU
-        return None
-    return {name: seconds * int(t) / total for name, t in zip(PASS_NAMES, ticks, strict=True)}
+    return _split(seconds, {name: int(t) for name, t in zip(PASS_NAMES, ticks, strict=True)})
 
 
 #: The Mesa reference's method for each pass of :data:`cikabm.kernels.core.PASS_NAMES`.
@@ -683,9 +691,6 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
              f"{steps} steps {elapsed:.2f} s ({(tumour + effectors) / elapsed:.3g} agent updates/s)")
     med = statistics.median(seconds)
     agent = statistics.median(c["agent_updates"] for c in counted)
-    passes_total = sum(by_pass.values())
-    if passes_total > 0:  # the median split in proportion, as for the kernel
-        by_pass = {name: med * s / passes_total for name, s in by_pass.items()}
     return {
         "task": "mesa",
         "config": config.to_dict(),
@@ -695,7 +700,7 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
         "warmup_steps": warmup,
         "steps_timed": steps,
         "seconds": _stats(seconds),
-        "seconds_by_pass": by_pass,
+        "seconds_by_pass": _split(med, by_pass),  # the median split in proportion, as for the kernel
         "counts": counted,
         "agent_updates_per_s": agent / med,
         "site_updates_per_s": math.prod(config.shape) * steps / med,
@@ -720,7 +725,7 @@ def _worker_main(argv: Sequence[str]) -> int:
         spec["pinned_cpus"] = pin_cpus(spec["pin_threads"])
     if task == "config":
         result = run_config(BenchConfig.from_dict(spec["config"]), spec["threads"], spec["repeats"],
-                            spec["quick"], emit)
+                            spec["quick"], emit, count_agents=spec.get("count_agents", True))
     elif task == "mesa":
         result = run_mesa(BenchConfig.from_dict(spec["config"]), spec["repeats"], spec["quick"], emit)
     elif task == "compile":
@@ -773,16 +778,25 @@ def _merge_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     seconds = [s for run in runs for s in run["seconds"]["all"]]
     by_pass = None
     if all(run.get("seconds_by_pass") for run in runs):  # shares averaged over rounds, of the pooled median
-        shares = [{k: v / sum(run["seconds_by_pass"].values()) for k, v in run["seconds_by_pass"].items()}
-                  for run in runs]
-        by_pass = {k: statistics.median(seconds) * sum(s[k] for s in shares) / len(shares) for k in shares[0]}
+        shares = [_split(1.0, run["seconds_by_pass"]) for run in runs]
+        by_pass = _split(statistics.median(seconds), {k: sum(s[k] for s in shares) for k in shares[0]})
     merged["runs"] = [{**runs[0], "seconds": _stats(seconds), "seconds_by_pass": by_pass,
                        "digests": [d for run in runs for d in run["digests"]]}]
-    for key in ("setup_seconds", "warmup_seconds"):
-        merged[key] = _stats([s for r in rounds for s in r[key]["all"]])
-    rss = [r["peak_rss_bytes"] for r in rounds if r["peak_rss_bytes"] is not None]
-    merged["peak_rss_bytes"] = max(rss) if rss else None
+    merged["setup_seconds"] = _pooled(rounds, "setup_seconds")
+    merged["warmup_seconds"] = _pooled(rounds, "warmup_seconds")
+    merged["peak_rss_bytes"] = _peak_rss(rounds)
     return merged
+
+
+def _pooled(parts: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The timings ``key`` of several workers as one sample."""
+    return _stats([s for part in parts for s in part[key]["all"]])
+
+
+def _peak_rss(parts: Sequence[dict[str, Any]]) -> int | None:
+    """The largest peak memory of several workers (None where none was measured)."""
+    rss = [part["peak_rss_bytes"] for part in parts if part["peak_rss_bytes"] is not None]
+    return max(rss) if rss else None
 
 
 def _merge_workers(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -798,9 +812,8 @@ def _merge_workers(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for run in part["runs"]:
             merged["runs"].append({**run, "pinned_cpus": part.get("pinned_cpus"),
                                    "numba_num_threads": part["numba_num_threads"]})
-    merged["warmup_seconds"] = _stats([s for part in parts for s in part["warmup_seconds"]["all"]])
-    rss = [part["peak_rss_bytes"] for part in parts if part["peak_rss_bytes"] is not None]
-    merged["peak_rss_bytes"] = max(rss) if rss else None
+    merged["warmup_seconds"] = _pooled(parts, "warmup_seconds")
+    merged["peak_rss_bytes"] = _peak_rss(parts)
     return merged
 
 
@@ -1016,9 +1029,10 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
                     continue  # more threads than cores: timed once, for the identity check
                 if rounds > 1:
                     emit(f"{config.name}: round {round_ + 1}/{rounds}, {n} thread(s)")
+                first = round_ == 0 and n == counts[0]  # the worker whose agent count is used
                 parts[n].append(_run_worker({"task": "config", "config": config.to_dict(), "threads": [n],
-                                             "repeats": per_worker, "quick": quick, "pin_threads": n},
-                                            _worker_env(n), emit))
+                                             "repeats": per_worker, "quick": quick, "pin_threads": n,
+                                             "count_agents": first}, _worker_env(n), emit))
         raw = _merge_workers([_merge_rounds(parts[n]) for n in counts])
         raws[config.name] = raw
         report["configurations"][config.name] = _config_entry(raw, cores)
