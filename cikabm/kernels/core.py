@@ -1227,18 +1227,26 @@ class EffectorWork(NamedTuple):
     kz: np.ndarray  # int64[max_strips + 1, 17]: kills per zone (16), deaths (1)
     nsec: np.ndarray  # int64[max_strips + 1]: length of each zone's secretion list
     state: np.ndarray  # int64[5]: see _LISTS_VALID and below
+    kf: np.ndarray  # float64[N_KINDS, 3]: the rules' parameters, unpacked (_effector_tables)
+    ku: np.ndarray  # uint64[N_KINDS + 1, 3]
+    thr: np.ndarray  # uint64[6]
+    ff: np.ndarray  # float64[3]
+    level: np.ndarray  # float64[512]
+    keys: np.ndarray  # uint64[7]: the draw keys of one sub-step
 
 
 @njit(cache=True)
-def effector_work(geom, max_strips):
-    """Allocate :class:`EffectorWork` for ``geom`` and up to ``max_strips`` strips."""
+def effector_work(geom, prm, max_strips):
+    """Allocate :class:`EffectorWork` for ``geom`` and ``prm`` and up to ``max_strips`` strips."""
     n_u = geom.pz if geom.dims == 3 else geom.py
     m = max(max_strips, 1)
     shape, dp, cnext = _move_tables(geom)
+    kf, ku, thr, ff, level = _effector_tables(prm)
     return EffectorWork(_site_tables(geom), shape, dp, cnext, np.zeros(n_u, np.int64), np.zeros(n_u, np.int64),
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
                         np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
-                        np.zeros(m + 1, np.int64), np.zeros(5, np.int64))
+                        np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
+                        np.empty(7, np.uint64))
 
 
 @njit(cache=True)
@@ -1247,7 +1255,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
 
     ``n_strips`` > 1 runs the strips of each sub-step in parallel (see the
     zone comment above); 1 runs everything serially. Results do not depend on
-    it. ``work`` is an :class:`EffectorWork` for at least ``n_strips`` strips.
+    it. ``work`` is an :class:`EffectorWork` built for ``prm`` and at least ``n_strips`` strips.
     Effectors that die stay in the arrays (``alive == 0``) until
     :func:`compact_effectors`; the zones' lists are carried to the next step
     while ``work.state`` says they are valid. Returns the number of effectors
@@ -1258,7 +1266,6 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     if n_eff == 0:
         state[_LISTS_VALID] = 0
         return 0
-    keys = np.empty(7, dtype=np.uint64)
     cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
     has_effector = lat.has_effector
     e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
@@ -1268,7 +1275,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     offsets, nnb = geom.offsets, geom.n_neighbours
     three_d = geom.dims == 3
     pz, py = geom.pz, geom.py
-    kf, ku, thr, ff, level = _effector_tables(prm)
+    kf, ku, thr, ff, level, keys = work.kf, work.ku, work.thr, work.ff, work.level, work.keys
     tab, hist, zone_of, kz, nsec = work.tab, work.hist, work.zone_of, work.kz, work.nsec
     shape, dp, cnext = work.shape, work.dp, work.cnext
     n_zones = n_strips + 1
@@ -1686,7 +1693,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     hulls = np.empty((2, geom.nz * geom.ny, 2), np.int64)  # row hulls of two steps, in turn
     hulls[0, :, 0] = 0  # the lattice may have been changed since the last call: claim every site
     hulls[0, :, 1] = geom.nx
-    work = effector_work(geom, n_threads)  # (the effectors are sorted afresh too)
+    work = effector_work(geom, prm, n_threads)  # (the effectors are sorted afresh too)
     if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
     n_dead = 0  # dead effectors not yet compacted away
