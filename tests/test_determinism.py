@@ -105,6 +105,25 @@ def test_advance_in_chunks_equals_one_run(chunks):
     np.testing.assert_array_equal(res.records, whole.records)
 
 
+def test_effectors_are_in_order_of_arrival_between_calls():
+    """Within a call the kernel stores effectors by site, again whenever arrivals pile up.
+
+    Between calls they must be back in order of arrival, every one on a site
+    marked as holding it. In LIVELY the arrivals of a call are more than the
+    re-storing threshold, so it runs within the calls too.
+    """
+    sim = Simulation(make_scenario(LIVELY), seed=3, threads=1)
+    for _ in range(6):
+        uids_before = int(sim.counters[1])
+        sim.advance(48)
+        n = int(sim.counters[0])
+        assert n > 20
+        assert (sim.counters[1] - uids_before) * core._RESTORE_FRACTION > 2 * n
+        assert np.all(np.diff(sim.effectors.uid[:n]) > 0)
+        marked = np.flatnonzero(sim.lattice.has_effector)
+        np.testing.assert_array_equal(np.sort(sim.effectors.pos[:n]), marked)
+
+
 @pytest.mark.parametrize("threads", THREADS)
 def test_thread_count_does_not_change_results_forced_parallel(monkeypatch, threads):
     """Every pass forced onto the prange path (2D and 3D, walking and well-mixed)."""

@@ -38,8 +38,11 @@ Step order (one call of :func:`run_steps` repeats it)
 Dead effectors stay in the arrays (``alive == 0``) until the end of the call,
 or until arrivals need their room, and are then removed by a stable
 compaction. Within a call the effectors are stored in the order of their
-sites, and put back in order of arrival at its end (array order has no effect
-on results). Between calls, the arrays are exactly those of compacting after
+sites (arrivals are appended, so this is done again whenever the arrivals
+since the last time exceed a sixteenth of the effectors: strips of the
+parallel effector pass then write to cache lines of their own), and put back
+in order of arrival at its end (array order has no effect on results).
+Between calls, the arrays are exactly those of compacting after
 every step.
 
 Performance notes
@@ -1369,6 +1372,11 @@ def _permute_effectors(eff, n, perm, tmp_i64, tmp_u8):
         arr[:n] = tmp_u8[:n]
 
 
+#: The effectors are stored by site again once the arrivals since the last time
+#: are more than 1 / _RESTORE_FRACTION of them (see run_steps).
+_RESTORE_FRACTION = 16
+
+
 @njit(cache=True)
 def _store_by_site(eff, counters, perm, geom):
     """Store the effectors in the order of their sites (layer by layer, row by row).
@@ -1696,6 +1704,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     work = effector_work(geom, prm, n_threads)  # (the effectors are sorted afresh too)
     if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
+    uid_stored = counters[1]  # effectors of uid >= this arrived after the last store by site
     n_dead = 0  # dead effectors not yet compacted away
     for step in range(step_begin, step_end):
         t0 = cycle_counter()
@@ -1704,6 +1713,12 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
                         mean_cik[step], mean_ctl, n_dead)
         if n_dead < dead_before:  # compacted: the effector lists no longer apply
             work.state[_LISTS_VALID] = 0
+        if not prm.well_mixed and (counters[1] - uid_stored) * _RESTORE_FRACTION > counters[0]:
+            # Arrivals are appended in arrival order, wherever they landed: once they are
+            # a fair share of the arrays, strips would write to shared cache lines.
+            _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
+            work.state[_LISTS_VALID] = 0
+            uid_stored = counters[1]
         hull_prev = hulls[(step - step_begin) % 2]
         hull = hulls[(step - step_begin + 1) % 2]
         t1 = cycle_counter()
