@@ -38,9 +38,9 @@ Step order (one call of :func:`run_steps` repeats it)
 Dead effectors stay in the arrays (``alive == 0``) until the end of the call,
 or until arrivals need their room, and are then removed by a stable
 compaction. Within a call the effectors are stored in the order of their
-sites (arrivals are appended, so this is done again whenever the arrivals
-since the last time exceed a sixteenth of the effectors: strips of the
-parallel effector pass then write to cache lines of their own), and put back
+sites (arrivals are appended, so when the effector pass runs in strips this
+is done again whenever the arrivals since the last time exceed a sixteenth of
+the effectors: the strips then write to cache lines of their own), and put back
 in order of arrival at its end (array order has no effect on results).
 Between calls, the arrays are exactly those of compacting after
 every step.
@@ -1713,7 +1713,10 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
                         mean_cik[step], mean_ctl, n_dead)
         if n_dead < dead_before:  # compacted: the effector lists no longer apply
             work.state[_LISTS_VALID] = 0
-        if not prm.well_mixed and (counters[1] - uid_stored) * _RESTORE_FRACTION > counters[0]:
+        n_strips = 1
+        if counters[0] - n_dead >= effector_min:
+            n_strips = max(n_threads, 1)
+        if n_strips > 1 and not prm.well_mixed and (counters[1] - uid_stored) * _RESTORE_FRACTION > counters[0]:
             # Arrivals are appended in arrival order, wherever they landed: once they are
             # a fair share of the arrays, strips would write to shared cache lines.
             _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
@@ -1730,9 +1733,6 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
                       stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
                       prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
         t3 = cycle_counter()
-        n_strips = 1
-        if counters[0] - n_dead >= effector_min:
-            n_strips = max(n_threads, 1)
         n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
                                     work, n_strips)
         t4 = cycle_counter()
