@@ -995,20 +995,21 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                 if j + _PREFETCH_AHEAD < j_end:
                     # The lattice lines the effector _PREFETCH_AHEAD places on will read
                     # (memory latency, not work, bounds this loop on large lattices).
-                    a = e_pos[order[j + _PREFETCH_AHEAD]] - px - 1 - (plane if three_d else 0)
+                    a = e_pos[np.uint64(order[np.uint64(j + _PREFETCH_AHEAD)])] - px - 1 - (plane if three_d else 0)
                     for _dz in range(3 if three_d else 1):
                         for dy in range(3):
                             prefetch(cell, a + dy * px)
                             prefetch(has_effector, a + dy * px)
                         a += plane
-                i = order[j]
+                i = np.uint64(order[np.uint64(j)])  # unsigned indices: no wrap-around test (module notes)
                 pos = e_pos[i]
+                upos = np.uint64(pos)
                 kind = e_kind[i]
                 uid = e_uid[i]
                 if first_sub and hit(draw(key_death, uid), ku[kind, 0]):
                     e_alive[i] = 0
                     e_event[i] = EVENT_DIED
-                    has_effector[pos] = 0
+                    has_effector[upos] = 0
                     e_target[i] = -1
                     klass[i] = -1
                     kz[zone, 16] += 1
@@ -1017,7 +1018,7 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                 thr_kill = np.uint64(0)
                 t = e_target[i]
                 if t >= 0:
-                    if cell[t] != LIVE:
+                    if cell[np.uint64(t)] != LIVE:
                         e_target[i] = -1  # target died another way: free again
                     else:
                         target = t
@@ -1045,22 +1046,24 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                                     break
                                 total = 0.0
                             for k in range(nnb + 1):
-                                n = pos + offsets[k]
-                                if cell[n] != LIVE:
+                                n = pos + offsets[np.uint64(k)]
+                                un = np.uint64(n)
+                                if cell[un] != LIVE:
                                     continue
                                 if g < 0.0:
                                     cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
                                     x = ifn[(tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8]
                                     g = x / (x + ifn_half) if x > 0.0 else 0.0
                                 if not has_granules:  # Fas/FasL only: needs enough effective Fas
-                                    f = level[fas[n]]
+                                    f = level[fas[un]]
                                     if f + (1.0 - f) * g < fas_threshold:
                                         continue
                                 m = 0.0  # effective MHC-I (see effective_mhc)
-                                if mhc_lost[n] != 1:
-                                    m = level[mhc[n]]
+                                if mhc_lost[un] != 1:
+                                    m = level[mhc[un]]
                                     m = m + (1.0 - m) * g
-                                r = recognition_rate(level[256 + ligand[n]], m, rate_nkg2d, weight_self, rate_tcr)
+                                lig = level[np.uint64(256) + ligand[un]]
+                                r = recognition_rate(lig, m, rate_nkg2d, weight_self, rate_tcr)
                                 if r <= 0.0:
                                     continue
                                 total += r
@@ -1078,8 +1081,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                 if target >= 0:
                     if hit(draw(key_complete, uid), thr_kill):
                         mech = e_mechanism[i]
-                        cell[target] = DYING
-                        lost = mhc_lost[target]
+                        cell[np.uint64(target)] = DYING
+                        lost = mhc_lost[np.uint64(target)]
                         e_event[i] = EVENT_KILL + 2 * mech + lost
                         kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
                         e_kills[i] += 1
@@ -1095,16 +1098,19 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                 heading = e_heading[i]
                 if heading == 0 or (bits & _LOW32) >= thr_persist:
                     heading = 1 + pick(draw(key_turn, uid), nnb)
-                dest = pos + offsets[heading]
-                if cell[dest] != WALL and has_effector[dest] == 0:
-                    has_effector[pos] = 0
-                    has_effector[dest] = 1
+                uh = np.uint64(heading)
+                dest = pos + offsets[uh]
+                udest = np.uint64(dest)
+                if cell[udest] != WALL and has_effector[udest] == 0:
+                    has_effector[upos] = 0
+                    has_effector[udest] = 1
                     e_pos[i] = dest
                     e_heading[i] = heading
                     kl = klass[i]
-                    packed = (kl >> 16) + dp[heading]
+                    packed = (kl >> 16) + dp[uh]
                     u = _layer(packed, three_d, sx, sy, my)
-                    klass[i] = (packed << 16) | (zone_of[u] * N_CLASSES + cnext[(kl & 0xFFFF) % N_CLASSES, heading])
+                    c_next = cnext[np.uint64((kl & 0xFFFF) % N_CLASSES), uh]
+                    klass[i] = (packed << 16) | (zone_of[np.uint64(u)] * N_CLASSES + c_next)
                 else:
                     e_heading[i] = 0  # blocked: turn at the next move
     if next_order.shape[0] > 0:
