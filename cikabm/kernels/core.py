@@ -414,7 +414,7 @@ def _row_base(r, ny, z0, py, px):
 def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px,
                   key_event, thr_death, thr_event):
     thr_i = np.int64(thr_event)
-    draws = np.empty(_CHUNK, np.int64)
+    one = np.uint64(1)
     for r in range(r0, r1):
         base = _row_base(r, ny, z0, py, px)
         cell_row = cell[base:base + nx]
@@ -443,37 +443,33 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
         for x0 in range(lo, hi, _CHUNK):
             x1 = min(x0 + _CHUNK, hi)
             ux0 = np.uint64(x0)
-            n_event = 0
+            events = np.uint64(0)  # bit j: live site x0 + j has an event
             # Vectorised. Unsigned indices: a signed one makes Numba test for
             # negative (wrap-around) indexing, which stops the vectoriser.
             for xu in range(ux0, np.uint64(x1)):
                 u = mix64(key_event ^ ((ubase + xu) * _GOLDEN)) >> _S32
                 v = np.int64(u) + np.int64(cell_row[xu] != LIVE) * _NOT_LIVE
-                draws[xu - ux0] = v
-                n_event += v < thr_i
-            if n_event == 0:
-                continue
-            for j in range(x1 - x0):
-                if draws[j] >= thr_i:  # not live, or no event
-                    continue
+                events |= np.uint64(v < thr_i) << (xu - ux0)
+            while events != 0:  # the events in increasing x, one bit each
+                j = np.int64(trailing_zeros(events))
+                events &= events - one
                 s = base + x0 + j
+                us = np.uint64(s)  # (unsigned indices from here: no wrap-around tests)
                 bits = draw(key_event, s)
                 if (bits >> _S32) < thr_death:
-                    cell[s] = DYING
+                    cell[us] = DYING
                     continue
+                empty = np.uint64(0)  # bit k: neighbour k is empty
                 n_empty = 0
                 for k in range(1, nnb + 1):
-                    if cell[s + offsets[k]] == EMPTY:
-                        n_empty += 1
+                    is_empty = cell[us + np.uint64(offsets[np.uint64(k)])] == EMPTY
+                    empty |= np.uint64(is_empty) << np.uint64(k)
+                    n_empty += is_empty
                 if n_empty == 0:
                     continue  # contact inhibition
-                chosen = pick(bits, n_empty)
-                for k in range(1, nnb + 1):
-                    if cell[s + offsets[k]] == EMPTY:
-                        if chosen == 0:
-                            proposal[s] = k
-                            break
-                        chosen -= 1
+                for _ in range(pick(bits, n_empty)):  # the chosen one: that many empty ones before it
+                    empty &= empty - one
+                proposal[us] = trailing_zeros(empty)
 
 
 @njit(cache=True, parallel=True)
