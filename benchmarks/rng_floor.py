@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 @njit(cache=True)
 def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
     """The propose pass's draws and threshold tests over the row hulls, ``steps`` times; returns the events."""
-    draws = np.empty(nx, np.int64)
+    draws = np.empty(core._CHUNK, np.int64)
     thr_i = np.int64(thr_event)
     events = 0
     for step in range(steps):
@@ -61,13 +61,15 @@ def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
             base = core._row_base(r, ny, z0, py, px)
             cell_row = cell[base:base + nx]
             ubase = np.uint64(base)
-            n_event = 0
-            for xu in range(np.uint64(lo), np.uint64(hi)):
-                u = core.mix64(key ^ ((ubase + xu) * core._GOLDEN)) >> core._S32
-                v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * core._NOT_LIVE
-                draws[xu] = v
-                n_event += v < thr_i
-            events += n_event
+            for x0 in range(lo, hi, core._CHUNK):  # the kernel's chunks of sites
+                ux0 = np.uint64(x0)
+                n_event = 0
+                for xu in range(ux0, np.uint64(min(x0 + core._CHUNK, hi))):
+                    u = core.mix64(key ^ ((ubase + xu) * core._GOLDEN)) >> core._S32
+                    v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * core._NOT_LIVE
+                    draws[xu - ux0] = v
+                    n_event += v < thr_i
+                events += n_event
     return events
 
 

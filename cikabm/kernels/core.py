@@ -415,6 +415,7 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
                   key_event, thr_death, thr_event):
     thr_i = np.int64(thr_event)
     one = np.uint64(1)
+    draws = np.empty(_CHUNK, np.int64)
     for r in range(r0, r1):
         base = _row_base(r, ny, z0, py, px)
         cell_row = cell[base:base + nx]
@@ -443,13 +444,21 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
         for x0 in range(lo, hi, _CHUNK):
             x1 = min(x0 + _CHUNK, hi)
             ux0 = np.uint64(x0)
-            events = np.uint64(0)  # bit j: live site x0 + j has an event
+            n_event = 0
             # Vectorised. Unsigned indices: a signed one makes Numba test for
             # negative (wrap-around) indexing, which stops the vectoriser.
             for xu in range(ux0, np.uint64(x1)):
                 u = mix64(key_event ^ ((ubase + xu) * _GOLDEN)) >> _S32
                 v = np.int64(u) + np.int64(cell_row[xu] != LIVE) * _NOT_LIVE
-                events |= np.uint64(v < thr_i) << (xu - ux0)
+                draws[xu - ux0] = v
+                n_event += v < thr_i
+            if n_event == 0:
+                continue
+            events = np.uint64(0)  # bit j: live site x0 + j has an event (vectorised too)
+            for ju in range(np.uint64(_CHUNK)):
+                events |= np.uint64(draws[ju] < thr_i) << ju
+            if x1 - x0 < _CHUNK:  # a row's last chunk: the rest of draws is stale
+                events &= (one << np.uint64(x1 - x0)) - one
             while events != 0:  # the events in increasing x, one bit each
                 j = np.int64(trailing_zeros(events))
                 events &= events - one
