@@ -1,8 +1,9 @@
 """The floor of the tumour propose pass: what its random draws alone cost, against the whole pass.
 
-The propose pass (step order item 2) draws one counter-based number per live
-tumour cell, ``mix64(key ^ site * golden) >> 32``, and compares it with the
-event threshold. This script times, on the warmed-up state of the suite's
+The propose pass (step order item 2) draws one counter-based number per site
+of each row's hull (every live tumour cell and the sites between them),
+``mix64(key ^ site * golden) >> 32``, and compares it with the event
+threshold (a site that is not live never passes). This script times, on the warmed-up state of the suite's
 ``2d_256`` configuration (:func:`cikabm.bench.bench_scenario`), one thread:
 
 * ``hash_only``: that draw and comparison for every site of the row hulls

@@ -49,7 +49,11 @@ Performance notes
 -----------------
 * Numba tests a signed array index for wrap-around (negative indexing), and
   that test stops LLVM from vectorising a loop: the branch-free sweeps loop
-  over unsigned indices (or over ``range(n)`` of a slice).
+  over unsigned indices (or over ``range(n)`` of a slice). In the scalar
+  per-event and per-effector loops the test costs instructions on every
+  access, so they compute indices signed and index with ``np.uint64`` of them
+  (an index is never negative there; the wrapped sum of a negative offset is
+  the same address).
 * A function inlined by Numba that takes arrays increments and decrements
   their reference counts on every call: the per-effector update is written
   out inside its loop, and hot loops read parameters from small local arrays
@@ -1086,8 +1090,9 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                 if target >= 0:
                     if hit(draw(key_complete, uid), thr_kill):
                         mech = e_mechanism[i]
-                        cell[np.uint64(target)] = DYING
-                        lost = mhc_lost[np.uint64(target)]
+                        ut = np.uint64(target)
+                        cell[ut] = DYING
+                        lost = mhc_lost[ut]
                         e_event[i] = EVENT_KILL + 2 * mech + lost
                         kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
                         e_kills[i] += 1
