@@ -45,8 +45,12 @@ from cikabm.simulation import Simulation
 
 HERE = Path(__file__).resolve().parent
 
+# Not cached on disk: Numba's cache of a script's functions names the module
+# they were compiled in, and this file runs both as ``__main__`` and loaded
+# under another name (the tests), which then cannot load each other's entries.
 
-@njit(cache=True)
+
+@njit(cache=False)
 def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
     """The propose pass's draws and threshold tests over the row hulls, ``steps`` times; returns the events."""
     draws = np.empty(core._CHUNK, np.int64)
@@ -74,7 +78,7 @@ def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
     return events
 
 
-@njit(cache=True)
+@njit(cache=False)
 def propose_loop(lat, geom, hull_prev, hull, thr_event, steps):
     """The kernel's propose pass (serial), ``steps`` times with a new key each time.
 

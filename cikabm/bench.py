@@ -85,6 +85,7 @@ __all__ = [
     "numba_threads",
     "parse_configs",
     "parse_threads",
+    "round_sizes",
     "run_config",
     "run_mesa",
     "run_suite",
@@ -248,11 +249,16 @@ FULL_SET = ("2d_256", "2d_1024", "2d_4096", "3d_128", "weak_2d_1024")
 #: Configurations of ``--quick`` (about a minute on 2 cores).
 QUICK_SET = ("2d_256", "2d_1024", "3d_64", "weak_2d_512")
 
-DEFAULT_REPEATS = 3
+#: Timed repeats per thread count: the full suite's, and ``--quick``'s.
+DEFAULT_REPEATS = 9
+QUICK_REPEATS = 2
+#: Rounds (workers per thread count) the full suite spreads its repeats over.
+ROUNDS = 3
+#: Timed repeats of the Mesa reference implementation (at most; one worker).
+MESA_REPEATS = 3
 
 #: The speed ratio over the Mesa reference implementation the project aims at.
 MESA_RATIO_TARGET = 300
-QUICK_REPEATS = 2
 
 
 def bench_scenario(shape: Sequence[int], *, seed: int = 11) -> dict[str, Any]:
@@ -946,6 +952,22 @@ def _pass_comparison(kernel: dict[str, float] | None, mesa: dict[str, float] | N
     return out
 
 
+def round_sizes(repeats: int, quick: bool) -> list[int]:
+    """Timed repeats of each round (one worker per thread count each) that make up ``repeats``.
+
+    ``quick`` takes them all in one worker; the full suite spreads them as
+    evenly as it can over :data:`ROUNDS` rounds (fewer when there are fewer
+    repeats), so that a slow spell of a shared machine falls on every thread
+    count alike, and each worker still times several repeats.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats {repeats}: must be at least 1")
+    if quick:
+        return [repeats]
+    rounds = min(ROUNDS, repeats)
+    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+
+
 def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool = False,
               threads: Sequence[int] | None = None, repeats: int | None = None,
               machine_name: str | None = None, cold_compile: bool | None = None,
@@ -963,10 +985,11 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     threads : sequence of int, optional
         Thread counts (default: :func:`default_threads`).
     repeats : int, optional
-        Timed repeats per thread count (default 3, quick 2). The full suite
-        takes them in rounds, each round one worker per thread count in turn,
-        so that a slow spell of the machine falls on every thread count
-        alike; ``quick`` times them all in one worker per thread count.
+        Timed repeats per thread count (default :data:`DEFAULT_REPEATS`, quick
+        :data:`QUICK_REPEATS`). The full suite takes them in rounds
+        (:func:`round_sizes`), each round one worker per thread count in
+        turn; ``quick`` times them all in one worker per thread count. The
+        Mesa reference runs at most :data:`MESA_REPEATS` of them.
     machine_name : str, optional
         Name recorded for the machine (default: :func:`default_machine_name`).
     cold_compile : bool, optional
@@ -1021,9 +1044,10 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     for i, config in enumerate(chosen, 1):
         emit(f"[{i}/{len(chosen)}] {config.name}: {config.description}")
         counts = [n for n in threads if config.kind == "strong" or n <= cores] or threads[:1]
-        rounds, per_worker = (1, repeats) if quick else (repeats, 1)
+        per_round = round_sizes(repeats, quick)
+        rounds = len(per_round)
         parts: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-        for round_ in range(rounds):
+        for round_, per_worker in enumerate(per_round):
             for n in counts:
                 if n > cores and round_ > 0:
                     continue  # more threads than cores: timed once, for the identity check
@@ -1055,7 +1079,8 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         for config in mesa_configs:
             emit(f"Mesa reference implementation on {config.name}")
             try:
-                mesa = _run_worker({"task": "mesa", "config": config.to_dict(), "repeats": repeats,
+                mesa = _run_worker({"task": "mesa", "config": config.to_dict(),
+                                    "repeats": min(repeats, MESA_REPEATS),
                                     "quick": quick, "pin_threads": 1}, _worker_env(1), emit)
             except BenchError as err:  # keep the kernel's results; say why the comparison is missing
                 report["mesa"]["note"] = f"the Mesa comparison failed: {err}"

@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="thread counts, comma-separated (default: 1, 2, 4, ... up to the cores, the "
                           "cores, and cores + 1 for the identity check)")
     ben.add_argument("--repeats", metavar="N", type=_int_in("--repeats", 1, 100), default=None,
-                     help="timed repeats per thread count (default: 3; 2 with --quick)")
+                     help="timed repeats per thread count (default: 9, in 3 rounds of workers; 2 with --quick)")
     ben.add_argument("--configs", metavar="NAMES", type=_config_list, default=None,
                      help="configurations to run, comma-separated (default: see above)")
     ben.add_argument("--machine", metavar="NAME", type=_machine_name, default=None,

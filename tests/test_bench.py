@@ -367,3 +367,17 @@ def test_rng_floor_script_writes_both_timings(tmp_path: Path):
         assert result[name]["ns_per_visited_site"] == pytest.approx(
             1e3 * result[name]["us_per_step"] / result["sites_visited_per_step"])
     assert "ns per visited site" in printed.getvalue()
+
+
+@pytest.mark.parametrize(("repeats", "quick", "sizes"), [
+    (9, False, [3, 3, 3]), (4, False, [2, 1, 1]), (2, False, [1, 1]), (1, False, [1]), (5, True, [5]),
+])
+def test_round_sizes_spread_the_repeats_over_rounds(repeats: int, quick: bool, sizes: list[int]):
+    """The full suite's repeats go to at most ROUNDS workers per thread count, as evenly as they can."""
+    assert bench.round_sizes(repeats, quick) == sizes
+    assert sum(sizes) == repeats
+
+
+def test_round_sizes_reject_no_repeats():
+    with pytest.raises(ValueError, match="repeats 0"):
+        bench.round_sizes(0, False)
