@@ -28,8 +28,8 @@ SNAP_EMPTY, SNAP_MHC_PRESENT, SNAP_MHC_LOST, SNAP_DYING = 0, 1, 2, 3
 
 #: Passes with fewer work items than this run serially (a parallel region
 #: costs more than it saves on small lattices); the effector pass runs in
-#: parallel with at least 1/256 of it per colour class in use (9 in 2D, 27 in
-#: 3D). Results are identical either way.
+#: parallel with at least 1/4096 of it per colour class in use (9 in 2D, 27 in
+#: 3D) and thread (``core.EFFECTOR_MIN_DIVISOR``). Results are identical either way.
 PARALLEL_MIN_SITES = 65536
 
 

@@ -168,7 +168,8 @@ HEAVY = {  # 90 000 sites and ~10 000 effectors: every pass takes the parallel p
 
 def test_heavy_run_takes_the_parallel_paths_and_is_thread_independent():
     sc = make_scenario(HEAVY)
-    effector_min = max(simulation.PARALLEL_MIN_SITES // 256, 1)  # per colour class, as run_steps derives it
+    # per colour class, as run_steps derives it for the most threads
+    effector_min = max(simulation.PARALLEL_MIN_SITES // core.EFFECTOR_MIN_DIVISOR * max(THREADS), 1)
     sims = []
     for threads in THREADS:
         sim = Simulation(sc, seed=21, threads=threads)
