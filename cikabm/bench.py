@@ -695,8 +695,6 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
                         "agent_updates": tumour + effectors})
         emit(f"{config.name} Mesa reference: repeat {r + 1}/{repeats}: set-up {setup[-1]:.2f} s, "
              f"{steps} steps {elapsed:.2f} s ({(tumour + effectors) / elapsed:.3g} agent updates/s)")
-    med = statistics.median(seconds)
-    agent = statistics.median(c["agent_updates"] for c in counted)
     return {
         "task": "mesa",
         "config": config.to_dict(),
@@ -705,12 +703,37 @@ def run_mesa(config: BenchConfig, repeats: int, quick: bool,
         "setup_seconds": _stats(setup),
         "warmup_steps": warmup,
         "steps_timed": steps,
+        **_mesa_figures(config, steps, seconds, counted, by_pass),
+    }
+
+
+def _mesa_figures(config: BenchConfig, steps: int, seconds: Sequence[float], counted: Sequence[dict[str, int]],
+                  pass_seconds: dict[str, float]) -> dict[str, Any]:
+    """The Mesa reference's figures from its repeats: seconds, the passes' totals and the agents counted."""
+    med = statistics.median(seconds)
+    agent = statistics.median(c["agent_updates"] for c in counted)
+    return {
         "seconds": _stats(seconds),
-        "seconds_by_pass": _split(med, by_pass),  # the median split in proportion, as for the kernel
-        "counts": counted,
+        "pass_seconds": dict(pass_seconds),  # summed over the repeats
+        "seconds_by_pass": _split(med, pass_seconds),  # the median split in proportion, as for the kernel
+        "counts": list(counted),
         "agent_updates_per_s": agent / med,
         "site_updates_per_s": math.prod(config.shape) * steps / med,
     }
+
+
+def _merge_mesa(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The Mesa reference's measurements from its workers (one per round): their repeats pooled."""
+    merged = dict(parts[0])
+    if len(parts) == 1:
+        return merged
+    config = BenchConfig.from_dict(merged["config"])
+    seconds = [t for part in parts for t in part["seconds"]["all"]]
+    counted = [c for part in parts for c in part["counts"]]
+    pass_seconds = {k: sum(part["pass_seconds"][k] for part in parts) for k in merged["pass_seconds"]}
+    merged["setup_seconds"] = _pooled(parts, "setup_seconds")
+    merged.update(_mesa_figures(config, merged["steps_timed"], seconds, counted, pass_seconds))
+    return merged
 
 
 def run_cold_compile(emit: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
@@ -1041,11 +1064,16 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     if load is not None and load[0] > 0.5 * cores:
         emit(f"note: load average {load[0]:.1f} on {cores} cores: other work is running, timings will be noisy")
     raws: dict[str, dict[str, Any]] = {}
+    mesa_parts: dict[str, list[dict[str, Any]]] = {}
+    mesa_failed: dict[str, str] = {}
     for i, config in enumerate(chosen, 1):
         emit(f"[{i}/{len(chosen)}] {config.name}: {config.description}")
         counts = [n for n in threads if config.kind == "strong" or n <= cores] or threads[:1]
         per_round = round_sizes(repeats, quick)
         rounds = len(per_round)
+        # The Mesa reference's repeats run in the same rounds, right after the
+        # kernel's workers: a slow spell of the machine then falls on both alike.
+        mesa_rounds = round_sizes(min(repeats, MESA_REPEATS), quick) if config.mesa and have_mesa else []
         parts: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
         for round_, per_worker in enumerate(per_round):
             for n in counts:
@@ -1057,6 +1085,16 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
                 parts[n].append(_run_worker({"task": "config", "config": config.to_dict(), "threads": [n],
                                              "repeats": per_worker, "quick": quick, "pin_threads": n,
                                              "count_agents": first}, _worker_env(n), emit))
+            if round_ < len(mesa_rounds) and config.name not in mesa_failed:
+                emit(f"{config.name}: round {round_ + 1}/{rounds}, Mesa reference implementation" if rounds > 1
+                     else f"Mesa reference implementation on {config.name}")
+                try:
+                    mesa_parts.setdefault(config.name, []).append(_run_worker(
+                        {"task": "mesa", "config": config.to_dict(), "repeats": mesa_rounds[round_],
+                         "quick": quick, "pin_threads": 1}, _worker_env(1), emit))
+                except BenchError as err:  # keep the kernel's results; say why the comparison is missing
+                    mesa_failed[config.name] = f"the Mesa comparison failed: {err}"
+                    emit(mesa_failed[config.name])
         raw = _merge_workers([_merge_rounds(parts[n]) for n in counts])
         raws[config.name] = raw
         report["configurations"][config.name] = _config_entry(raw, cores)
@@ -1077,15 +1115,10 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     else:
         report["mesa"]["configurations"] = []
         for config in mesa_configs:
-            emit(f"Mesa reference implementation on {config.name}")
-            try:
-                mesa = _run_worker({"task": "mesa", "config": config.to_dict(),
-                                    "repeats": min(repeats, MESA_REPEATS),
-                                    "quick": quick, "pin_threads": 1}, _worker_env(1), emit)
-            except BenchError as err:  # keep the kernel's results; say why the comparison is missing
-                report["mesa"]["note"] = f"the Mesa comparison failed: {err}"
-                emit(report["mesa"]["note"])
+            if config.name in mesa_failed:
+                report["mesa"]["note"] = mesa_failed[config.name]
                 continue
+            mesa = _merge_mesa(mesa_parts[config.name])
             entry = report["configurations"][config.name]
             comparison = _mesa_entry(entry, raws[config.name], mesa)
             entry["mesa_ratio"] = comparison["mesa_ratio"]

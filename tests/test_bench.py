@@ -335,14 +335,21 @@ def test_help_lists_the_configurations(capsys: pytest.CaptureFixture[str]):
 
 
 def test_full_suite_pools_repeats_taken_in_rounds():
-    """Without ``quick`` each repeat runs in its own worker, thread counts in turn; the rounds are pooled."""
+    """Without ``quick`` the repeats run in rounds of workers, thread counts (then Mesa) in turn; rounds are pooled."""
     messages: list[str] = []
     report = bench.run_suite(["2d_64"], quick=False, threads=[1, 2], repeats=2, cold_compile=False,
                              progress=messages.append)
     entry = report["configurations"]["2d_64"]
     rounds = [m for m in messages if ": round " in m]
-    assert rounds == ["2d_64: round 1/2, 1 thread(s)", "2d_64: round 1/2, 2 thread(s)",
-                      "2d_64: round 2/2, 1 thread(s)", "2d_64: round 2/2, 2 thread(s)"]
+    mesa = [f"2d_64: round {r}/2, Mesa reference implementation" for r in (1, 2)] if HAVE_MESA else ["", ""]
+    expected = ["2d_64: round 1/2, 1 thread(s)", "2d_64: round 1/2, 2 thread(s)", mesa[0],
+                "2d_64: round 2/2, 1 thread(s)", "2d_64: round 2/2, 2 thread(s)", mesa[1]]
+    assert rounds == [m for m in expected if m]
+    if HAVE_MESA:  # one Mesa repeat per round, pooled
+        cmp_ = entry["mesa"]
+        assert len(cmp_["mesa_seconds"]["all"]) == 2
+        assert len(cmp_["mesa_agent_updates"]) == 2
+        assert sum(v["mesa_seconds"] for v in cmp_["by_pass"].values()) == pytest.approx(cmp_["mesa_seconds"]["median"])
     for run in entry["runs"]:
         assert len(run["seconds"]["all"]) == 2
         assert run["repeats_identical"] is True
