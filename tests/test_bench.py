@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,11 @@ def test_mesa_comparison(quick_run: dict[str, Any]):
     assert cmp_["steps_timed"] == entry["steps_timed"] and cmp_["warmup_steps"] == entry["warmup_steps"]
     kernel = cmp_["kernel_agent_updates"]
     assert kernel["agent_updates"] == kernel["tumour_cell_steps"] + kernel["effector_updates"] > 0
+    # From the fastest repeat of each: the same agent counts over the minimum seconds.
+    mesa_agents = statistics.median(c["agent_updates"] for c in cmp_["mesa_agent_updates"])
+    assert cmp_["mesa_ratio_min"] == pytest.approx(
+        (kernel["agent_updates"] / entry["runs"][0]["seconds"]["min"]) / (mesa_agents / cmp_["mesa_seconds"]["min"]))
+    assert f"(fastest repeats: {cmp_['mesa_ratio_min']:.0f}x)" in quick_run["stdout"]
     assert "mesa_ratio" not in report["configurations"]["weak_2d_64"]
     assert "Mesa reference on 2d_64" in quick_run["stdout"]
     by_pass = cmp_["by_pass"]
