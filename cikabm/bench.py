@@ -255,7 +255,7 @@ DEFAULT_REPEATS = 9
 QUICK_REPEATS = 2
 #: Rounds (workers per thread count) the full suite spreads its repeats over.
 ROUNDS = 3
-#: Timed repeats of the Mesa reference implementation (at most; one worker).
+#: Timed repeats of the Mesa reference implementation (at most; one per round).
 MESA_REPEATS = 3
 
 #: The speed ratio over the Mesa reference implementation the project aims at.

@@ -117,7 +117,7 @@ P_ARRIVAL_KIND = 16
 MAX_SUBSTEPS = 16
 # The effector pass runs in strips when it has at least parallel_min / this
 # many effectors per colour class in use and strip (16 at parallel_min =
-# 65536: on 512x512 at 2 threads that made the pass about 20 % faster than
+# 65536: on 512x512 at 2 threads that took about 20 % off the pass against
 # serial; serial below, where a parallel region costs more than it saves).
 EFFECTOR_MIN_DIVISOR = 4096
 N_CLASSES = 27
