@@ -3,8 +3,9 @@
 The propose pass (step order item 2) draws one counter-based number per site
 of each row's hull (every live tumour cell and the sites between them),
 ``mix64(key ^ site * golden) >> 32``, and compares it with the event
-threshold (a site that is not live never passes). This script times, on the warmed-up state of the suite's
-``2d_256`` configuration (:func:`cikabm.bench.bench_scenario`), one thread:
+threshold (a site that is not live never passes). This script times, on the
+warmed-up state of the suite's ``2d_256`` configuration
+(:func:`cikabm.bench.bench_scenario`), one thread:
 
 * ``hash_only``: that draw and comparison for every site of the row hulls
   (the sites the pass visits), in the same vectorised loop shape as the
@@ -45,11 +46,11 @@ from cikabm.simulation import Simulation
 
 HERE = Path(__file__).resolve().parent
 
-# Not cached on disk: Numba's cache of a script's functions names the module
-# they were compiled in, and this file runs both as ``__main__`` and loaded
-# under another name (the tests), which then cannot load each other's entries.
 
-
+# Neither function is cached on disk: Numba's cache of a script's functions
+# names the module they were compiled in, and this file runs both as
+# ``__main__`` and loaded under another name (the tests), which then cannot
+# load each other's entries.
 @njit(cache=False)
 def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
     """The propose pass's draws and threshold tests over the row hulls, ``steps`` times; returns the events."""

@@ -953,7 +953,7 @@ def _mesa_entry(kernel: dict[str, Any], raw_kernel: dict[str, Any], mesa: dict[s
         "mesa_ratio": base / mesa["agent_updates_per_s"],
         "mesa_ratio_best": max(in_cores) / mesa["agent_updates_per_s"] if in_cores else None,
         "mesa_ratio_min": (exact["agent_updates"] / kernel["runs"][0]["seconds"]["min"])
-        / (mesa["agent_updates_per_s"] * mesa["seconds"]["median"] / mesa["seconds"]["min"]),
+        / (statistics.median(c["agent_updates"] for c in mesa["counts"]) / mesa["seconds"]["min"]),
         "mesa_site_updates_per_s": mesa["site_updates_per_s"],
         "mesa_version": mesa["mesa_version"],
         "mesa_setup_seconds": mesa["setup_seconds"],
