@@ -117,8 +117,7 @@ P_ARRIVAL_KIND = 16
 MAX_SUBSTEPS = 16
 # The effector pass runs in strips when it has at least parallel_min / this
 # many effectors per colour class in use and strip (16 at parallel_min =
-# 65536: on 512x512 at 2 threads that took about 20 % off the pass against
-# serial; serial below, where a parallel region costs more than it saves).
+# 65536); below that a parallel region costs more than it saves.
 EFFECTOR_MIN_DIVISOR = 4096
 N_CLASSES = 27
 
@@ -953,7 +952,7 @@ def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, s
 _PREFETCH_AHEAD = 8  # effectors
 # Below this many padded sites (bytes of one uint8 lattice array) the arrays
 # the effectors read stay in a core's own caches (256x256: 66,564), and the
-# prefetches only cost instructions: about 6 % of the effector pass there.
+# prefetches only cost instructions.
 _PREFETCH_MIN_SITES = 1 << 18
 
 
