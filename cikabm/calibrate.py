@@ -71,7 +71,7 @@ def calibrate_adjuvant(ts: TrialScenario, run_cohort: Callable[[TrialScenario, i
                        control_median_months: float, hazard_ratio: float, treatment_arm: str,
                        n_patients: int | None = None, iterations: int = 7,
                        log10_escape_range: tuple[float, float] = (5.0, 8.5),
-                       log10_homing_range: tuple[float, float] = (-16.0, -12.5),
+                       log10_homing_range: tuple[float, float] = (-15.5, -11.0),
                        report: Callable[[str], None] = print) -> CalibrationResult:
     """Fit ``escape_physical_cells`` and ``cik_per_site_per_day`` to RFS targets.
 

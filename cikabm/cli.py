@@ -7,6 +7,8 @@
     cikabm trial SCENARIO --out DIR [--patients N] [--workers N] [--resume]
     cikabm compare SCENARIO --out DIR [--schedules A,B,C] [--patients N] [--workers N] [--resume]
     cikabm params [--format markdown|csv]
+    cikabm assay SCENARIO --out DIR [--et 1,3,10,30,100] [--hours 4] [--replicates N] [...]
+    cikabm calibrate-potency SCENARIO [--lysis 0.33] [--et 30] [--hours 4] [--replicates N] [--log FILE]
     cikabm bench --out DIR [--quick] [--threads 1,2,3] [--repeats N] [--configs NAMES] [--machine NAME]
 
 Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
@@ -249,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
     cal.set_defaults(func=cmd_calibrate)
 
+    from cikabm.cli_assay import add_commands as add_assay_commands
+
+    add_assay_commands(sub, _Formatter, _wrap, _int_in)
+
     par = sub.add_parser(
         "params", help="print the parameter reference",
         description=_wrap("Print every scenario parameter with its meaning, unit, default, allowed "
@@ -422,6 +428,17 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
         raise UserError(f"--out {out}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: cannot write in {ancestor} (permission denied)")
+
+
+def check_log_path(path: Path) -> None:
+    """Refuse a ``--log`` file that could not be written, before any work is done."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise UserError(f"--log {path}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise UserError(f"--log {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--log {path}: cannot write in {parent} (permission denied)")
 
 
 def run_summary_text(results: Any, out: Path | None = None) -> str:

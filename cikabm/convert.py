@@ -131,9 +131,13 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
         thr_mhc_loss=threshold(tum.mhc_loss_per_division),
         inherit_sd=float(tum.inheritance_sd),
         nkg2d_signal=nkg2d_signal_table(kill.nkg2d_half_saturation, kill.nkg2d_hill),
-        nkg2d_rate=np.array([k.nkg2d_rate_per_hour for k in kinds], dtype=np.float64),
+        # A blocked receptor recognises nothing: its rate is 0 for every kind.
+        nkg2d_rate=np.array([0.0 if kill.nkg2d_blocked else k.nkg2d_rate_per_hour for k in kinds],
+                            dtype=np.float64),
         missing_self=np.array([k.missing_self_weight for k in kinds], dtype=np.float64),
-        tcr_rate=np.array([k.tcr_rate_per_hour for k in kinds], dtype=np.float64),
+        tcr_rate=np.array([0.0 if kill.tcr_blocked else k.tcr_rate_per_hour for k in kinds], dtype=np.float64),
+        thr_tcr_match=np.array([threshold(k.tcr_recognising_fraction) for k in kinds], dtype=np.uint64),
+        thr_aicd=threshold(kill.activation_death_per_kill),
         fasl=np.array([1 if k.fasl else 0 for k in kinds], dtype=np.uint8),
         thr_eff_death=np.array([threshold(hazard_to_probability(k.death_rate_per_day, dt_d))
                                 for k in kinds], dtype=np.uint64),

@@ -52,7 +52,7 @@ class LatticeParams(Section):
     neighbourhood: Literal["moore", "von_neumann"] = param(
         "moore", "-", "Contact neighbourhood: Moore (8 / 26 neighbours) or von Neumann (4 / 6).")
     site_size_um: float = param(15.0, "µm", "Edge of one site, about one cell diameter.",
-                                "MODEL.md §1", gt=0)
+                                "model choice: one cell diameter (docs/model.md, Entities)", gt=0)
     field_coarsening: int = param(8, "sites", "Edge of one IFN-gamma field cell, in sites.", ge=1, le=64)
 
     @field_validator("shape")
@@ -73,7 +73,7 @@ class LatticeParams(Section):
 class TimeParams(Section):
     duration_days: float = param(60.0, "day", "Simulated time.", gt=0, le=36500)
     dt_minutes: float = param(10.0, "min", "Time step of effector motion and engagement.",
-                              "MODEL.md §1", ge=0.01, le=120)
+                              "docs/model.md, Process overview", ge=0.01, le=120)
     record_every_hours: float = param(6.0, "h", "Interval between rows of the time series.", gt=0, le=876000)
 
 
@@ -86,9 +86,9 @@ class TumourParams(Section):
         "calibrate; HCC doubling 85.7 d is the net tumour rate (An 2015)", ge=0, le=24)
     death_rate_per_day: float = param(0.1, "1/day", "Intrinsic death rate.", "calibrate", ge=0, le=24)
     clearance_time_hours: float = param(12.0, "h", "Mean time a dead cell occupies its site.",
-                                        "MODEL.md §2", gt=0)
+                                        "model choice (docs/model.md, Tumour cells)", gt=0)
     ligand_mean: float = param(0.6, "0-1", "Mean NKG2D-ligand density L (MICA/B, ULBP).",
-                               "MODEL.md §2", ge=0, le=1)
+                               "model choice (docs/model.md, Tumour cells)", ge=0, le=1)
     ligand_sd: float = param(0.1, "0-1", "Spread of L between cells at time 0.", ge=0, le=1)
     mhc_mean: float = param(0.8, "0-1", "Mean MHC class I level M.", "Paterson 1988: mostly kept in HCC",
                             ge=0, le=1)
@@ -104,27 +104,77 @@ class TumourParams(Section):
 
 class EffectorKindParams(Section):
     nkg2d_rate_per_hour: float = param(0.0, "1/h", "Maximal NKG2D engagement rate on one neighbour.",
-                                       "calibrate; NK kill probability ~0.5 per encounter (Ichise 2022)",
-                                       ge=0)
+                                       "per kind, below", ge=0)
     missing_self_weight: float = param(0.0, "0-1", "w in (1 - w M): how much MHC-I inhibits NKG2D killing.",
-                                       "MODEL.md §3", ge=0, le=1)
-    tcr_rate_per_hour: float = param(0.0, "1/h", "MHC-restricted TCR engagement rate at M = 1.",
-                                     "calibrate; CTL 2-16 kills/day (Halle 2016)", ge=0)
-    fasl: bool = param(True, "-", "Expresses FasL, so can kill by Fas/FasL without granules.", "MODEL.md §3")
+                                       "missing self (docs/model.md, Recognition)", ge=0, le=1)
+    tcr_rate_per_hour: float = param(0.0, "1/h", "MHC-restricted TCR engagement rate at M = 1, for a cell whose "
+                                     "TCR recognises the tumour.",
+                                     "per kind, below", ge=0)
+    tcr_recognising_fraction: float = param(
+        0.0, "fraction", "Share of this kind's cells whose TCR recognises the tumour (clonal: drawn once per "
+        "cell at arrival); the others have no TCR term.", "per kind, below", ge=0, le=1)
+    fasl: bool = param(True, "-", "Expresses FasL, so can kill by Fas/FasL without granules.",
+                       "docs/model.md, Killing")
     death_rate_per_day: float = param(0.1, "1/day", "Death rate in tissue.", "calibrate", ge=0, le=100)
     speed_um_per_min: float = param(5.0, "µm/min", "Mean speed of the persistent random walk.",
                                     "Ichise 2022", ge=0, le=50)
 
 
+#: Per-contact potency of the CIK subsets relative to each other (docs/model.md, "Effector subsets"):
+#: CD3+CD56+ cells kill more per cell than CD3+CD56- cells, and less than CD3-CD56+ NK cells
+#: (Schmidt-Wolf 1994 Br J Haematol 87:453; Lau 2009 Immunology 126:423). No source gives a
+#: per-cell ratio; 3 either way is the model's assumption, and `cikabm assay` shows its consequence.
+TNK_OVER_TCELL_POTENCY = 3.0
+NK_OVER_TNK_POTENCY = 3.0
+
+#: Engagement rate (per hour) of a CD3+CD56+ cell on a neighbour it fully recognises: the in vitro
+#: potency, fitted to 33 % lysis of an HCC line at E:T 30:1 in 4 h (Kim 2007 Int Immunopharmacol
+#: 7:1793) by `cikabm calibrate-potency` (command and result in calibration/potency_calibration.json).
+CIK_POTENCY_PER_HOUR = 0.1449
+
+#: Share of CIK T cells whose TCR recognises a given tumour: about 10 % of intratumoral CD8+ T cells
+#: are tumour-reactive (Scheper 2019 Nat Med 25:89); blood-derived products may hold fewer.
+CIK_TCR_RECOGNISING_FRACTION = 0.1
+
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tnk": {"nkg2d_rate_per_hour": 2.0, "missing_self_weight": 0.0, "tcr_rate_per_hour": 0.0,
-            "death_rate_per_day": 0.1},
-    "tcell": {"nkg2d_rate_per_hour": 0.5, "missing_self_weight": 0.0, "tcr_rate_per_hour": 0.5,
-              "death_rate_per_day": 0.15},
-    "nk": {"nkg2d_rate_per_hour": 2.0, "missing_self_weight": 0.8, "tcr_rate_per_hour": 0.0,
-           "death_rate_per_day": 0.2},
+    # NKG2D (MHC-independent) and clonal TCR killing; blocking NKG2D leaves the TCR part (Pievani 2011).
+    "tnk": {"nkg2d_rate_per_hour": CIK_POTENCY_PER_HOUR, "missing_self_weight": 0.0,
+            "tcr_rate_per_hour": CIK_POTENCY_PER_HOUR,
+            "tcr_recognising_fraction": CIK_TCR_RECOGNISING_FRACTION, "death_rate_per_day": 0.1},
+    # The same receptors, weaker per cell (fewer CD8+ cells, earlier effectors: Lau 2009).
+    "tcell": {"nkg2d_rate_per_hour": CIK_POTENCY_PER_HOUR / TNK_OVER_TCELL_POTENCY, "missing_self_weight": 0.0,
+              "tcr_rate_per_hour": CIK_POTENCY_PER_HOUR / TNK_OVER_TCELL_POTENCY,
+              "tcr_recognising_fraction": CIK_TCR_RECOGNISING_FRACTION, "death_rate_per_day": 0.15},
+    # NKG2D with missing self: MHC-I inhibits, MHC loss raises killing; no TCR.
+    "nk": {"nkg2d_rate_per_hour": CIK_POTENCY_PER_HOUR * NK_OVER_TNK_POTENCY, "missing_self_weight": 0.8,
+           "tcr_rate_per_hour": 0.0, "tcr_recognising_fraction": 0.0, "death_rate_per_day": 0.2},
+    # Endogenous CTLs are the tumour-specific T cells: every one recognises it, MHC-restricted.
     "ctl": {"nkg2d_rate_per_hour": 0.0, "missing_self_weight": 0.0, "tcr_rate_per_hour": 2.0,
-            "death_rate_per_day": 0.1},
+            "tcr_recognising_fraction": 1.0, "death_rate_per_day": 0.1},
+}
+
+
+_POTENCY_SOURCE = "in vitro fit: `cikabm calibrate-potency` (calibration/potency_calibration.json)"
+_RATIO_SOURCE = (f"in vitro fit, / {TNK_OVER_TCELL_POTENCY:g} of CD3+CD56+ (assumed ratio; direction: Schmidt-Wolf "
+                 "1994 Br J Haematol 87:453, Lau 2009 Immunology 126:423)")
+#: Sources of the per-kind defaults, by dotted parameter name (the table shows one row per kind).
+KIND_SOURCES: dict[str, str] = {
+    "effectors.tnk.nkg2d_rate_per_hour": _POTENCY_SOURCE,
+    "effectors.tnk.tcr_rate_per_hour": _POTENCY_SOURCE + "; TCR killing kept under NKG2D blocking (Pievani 2011 "
+                                       "Blood 118:3301)",
+    "effectors.tnk.tcr_recognising_fraction": "~10 % of intratumoral CD8+ T cells are tumour-reactive "
+                                              "(Scheper 2019 Nat Med 25:89)",
+    "effectors.tcell.nkg2d_rate_per_hour": _RATIO_SOURCE,
+    "effectors.tcell.tcr_rate_per_hour": _RATIO_SOURCE,
+    "effectors.tcell.tcr_recognising_fraction": "as CD3+CD56+ (Scheper 2019 Nat Med 25:89)",
+    "effectors.nk.nkg2d_rate_per_hour": (f"in vitro fit, x {NK_OVER_TNK_POTENCY:g} of CD3+CD56+ (assumed ratio; NK "
+                                         "above CD3+CD56+ per cell: Schmidt-Wolf 1994)"),
+    "effectors.nk.missing_self_weight": "missing self: MHC-I inhibits NK killing (Lau 2009: blocking HLA-I raises it)",
+    "effectors.nk.tcr_rate_per_hour": "none: NK cells have no TCR",
+    "effectors.nk.tcr_recognising_fraction": "none: NK cells have no TCR",
+    "effectors.ctl.nkg2d_rate_per_hour": "none: the CTL kind is the MHC-restricted control",
+    "effectors.ctl.tcr_rate_per_hour": "calibrate; CTL 2-16 kills/day (Halle 2016 Immunity 44:233)",
+    "effectors.ctl.tcr_recognising_fraction": "endogenous CTLs are the tumour-specific T cells",
 }
 
 
@@ -140,7 +190,8 @@ class EffectorParams(Section):
     tcell: EffectorKindParams = _kind_field("tcell")
     nk: EffectorKindParams = _kind_field("nk")
     ctl: EffectorKindParams = _kind_field("ctl")
-    persistence: float = param(0.7, "probability", "Chance a moving effector keeps its heading.", ge=0, le=1)
+    persistence: float = param(0.7, "probability", "Chance a moving effector keeps its heading without redrawing it "
+                         "(a redrawn heading is uniform over the neighbours, the old one included).", ge=0, le=1)
     motility: Literal["walk", "well_mixed"] = param(
         "walk", "-", "walk: persistent random walk; well_mixed: redistributed at random every sub-step "
         "(analytic check of mass-action killing).")
@@ -164,9 +215,9 @@ class EffectorParams(Section):
 
 class KillingParams(Section):
     perforin_time_minutes: float = param(30.0, "min", "Mean duration of a perforin/granzyme kill.",
-                                         "MODEL.md §3: tens of minutes", gt=0)
+                                         "tens of minutes (docs/model.md, Killing)", gt=0)
     fas_time_hours: float = param(4.0, "h", "Mean duration of a Fas/FasL kill.",
-                                  "MODEL.md §3: hours; ~6 h per kill (Halle 2016)", gt=0)
+                                  "hours; ~6 h per kill (Halle 2016 Immunity 44:233)", gt=0)
     fas_threshold: float = param(0.3, "0-1", "Least effective Fas level for a Fas/FasL kill.", ge=0, le=1)
     granules_max: int = param(3, "granules", "Granules an effector holds (one used per perforin kill).",
                               ge=0, le=255)
@@ -176,6 +227,15 @@ class KillingParams(Section):
     nkg2d_half_saturation: float = param(0.3, "0-1", "Ligand density at half-maximal NKG2D signal.",
                                          gt=0, le=1)
     nkg2d_hill: float = param(2.0, "-", "Hill coefficient of the NKG2D response.", gt=0, le=10)
+    activation_death_per_kill: float = param(
+        0.05, "probability", "Chance that an effector dies right after a kill (activation-induced cell death), "
+        "beside its background death rate and exhaustion at kill_capacity.",
+        "a large majority of NK cells survive serial killing of ~4 targets (Bhat & Watzl 2007 PLoS ONE 2:e326): "
+        "0.05 leaves 81 % alive after 4 kills", ge=0, le=1)
+    nkg2d_blocked: bool = param(False, "-", "Anti-NKG2D antibody present: no effector recognises through NKG2D "
+                                "(a blocking experiment).", "Pievani 2011 Blood 118:3301")
+    tcr_blocked: bool = param(False, "-", "TCR/CD3 blocked: no effector recognises through its TCR "
+                              "(a blocking experiment).")
 
 
 class IfnParams(Section):
@@ -340,7 +400,7 @@ def parameter_rows(model: type[BaseModel] | None = None, prefix: str = "",
             "unit": str(extra.get("unit", "")),
             "default": _fmt_default(value),
             "range": ", ".join(x for x in (lo, hi) if x),
-            "source": str(extra.get("source", "")),
+            "source": KIND_SOURCES.get(path, str(extra.get("source", ""))),
         })
     return rows
 

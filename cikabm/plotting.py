@@ -34,10 +34,12 @@ from cikabm.params import KIND_KEYS, KIND_LABELS
 __all__ = [
     "KIND_COLOURS",
     "MHC_COLOURS",
+    "plot_assay",
     "plot_effectors",
     "plot_kill_matrix",
     "plot_kills",
     "plot_kills_by_mechanism",
+    "plot_kills_per_cell",
     "plot_populations",
     "plot_snapshots",
     "save_run_figures",
@@ -411,6 +413,55 @@ def plot_kill_matrix(kills_table: pd.DataFrame | Any, ax: Axes | None = None, *,
     return ax
 
 
+def kills_per_cell(frame: pd.DataFrame | Any) -> pd.DataFrame:
+    """Kills per effector that arrived, by kind, of MHC-I-present and MHC-I-lost targets (last record).
+
+    ``frame`` is ``Results.to_frame()`` or a data collector's frame (or the
+    Results). Kinds with no arrival are left out.
+    """
+    frame = frame.to_frame() if hasattr(frame, "to_frame") else frame
+    last = frame.iloc[-1]
+    rows = {}
+    for k in KIND_KEYS:
+        n = float(last.get(f"arrivals_{k}", 0.0))
+        if n <= 0:
+            continue
+        rows[k] = {mhc: sum(float(last[f"kills_{m}_{k}_{mhc}"]) for m in ("perforin", "fas")) / n
+                   for mhc in ("mhc_present", "mhc_lost")}
+        rows[k]["arrived"] = n
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["mhc_present", "mhc_lost", "arrived"])
+
+
+def plot_kills_per_cell(frame: pd.DataFrame | Any, ax: Axes | None = None) -> Axes:
+    """Kills per effector cell by kind (stacked: MHC-I-present and MHC-I-lost targets).
+
+    What each subset does per cell, whatever how many of it arrived: with
+    NKG2D blocked, CD3+CD56+ cells still kill MHC-I-present targets (TCR) and
+    no CIK subset kills an MHC-I-lost one.
+    """
+    table = kills_per_cell(frame)
+    ax = _new_axes((6.0, 4.0)) if ax is None else ax
+    x = np.arange(len(table), dtype=np.float64)
+    present, lost = table["mhc_present"].to_numpy(), table["mhc_lost"].to_numpy()
+    ax.bar(x, present, 0.6, color=MHC_COLOURS["mhc_present"], label="of " + MHC_LABELS["mhc_present"] + " cells")
+    ax.bar(x, lost, 0.6, bottom=present, color=MHC_COLOURS["mhc_lost"],
+           label="of " + MHC_LABELS["mhc_lost"] + " cells")
+    for xi, p, q in zip(x, present, lost, strict=True):
+        ax.annotate(f"{p + q:.2f}", (xi, p + q), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize="small")
+    ax.set_xticks(x, [_kind_label(k, wrap=True) for k in table.index])
+    ax.tick_params(axis="x", length=0)
+    ax.set_ylabel("kills per cell that arrived")
+    ax.set_ylim(0, max(1.2 * float((present + lost).max()) if len(table) else 0.0, 0.1))
+    ax.set_title("Kills per effector cell, by kind", pad=10)
+    ax.grid(True, axis="y", color="#e6e6e6", lw=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    _legend(ax, loc="upper right")
+    return ax
+
+
 def _lighten(colour: str, amount: float) -> tuple[float, float, float]:
     """Mix ``colour`` with white (``amount`` 0: unchanged, 1: white)."""
     from matplotlib.colors import to_rgb
@@ -535,6 +586,48 @@ def _scale_bar(ax: Axes, nx: int, site_size_um: float) -> None:
 
 
 # --------------------------------------------------------------------------- a run's figures
+
+def plot_assay(result: Any, ax: Axes | None = None, *, show_anchor: bool = True) -> Axes:
+    """Specific lysis against E:T, one line per condition, with 95 % intervals and the published point.
+
+    Parameters
+    ----------
+    result : cikabm.assay.AssayResult
+    ax : Axes, optional
+        Draw here (default: a new figure).
+    show_anchor : bool
+        Mark the published lysis (``result.anchor``) the potency is fitted to.
+    """
+    ax = ax if ax is not None else _new_axes((6.4, 4.4))
+    table = result.table()
+    keys = ["effectors", "blocking", "targets", "coculture"]
+    for cond in result.conditions:
+        sel = np.ones(len(table), bool)
+        for k in keys:
+            sel &= (table[k] == getattr(cond, k)).to_numpy()
+        t = table[sel].sort_values("et_ratio")
+        y = 100 * t["specific_lysis"].to_numpy()
+        err = 100 * np.vstack([t["specific_lysis"] - t["ci_low"], t["ci_high"] - t["specific_lysis"]])
+        colour = KIND_COLOURS.get(cond.effectors, TOTAL_COLOUR)
+        style = {"none": "-", "nkg2d": "--", "tcr": ":"}[cond.blocking]
+        ax.errorbar(t["et_ratio"], y, yerr=np.nan_to_num(err), color=colour, ls=style, marker="o", ms=4,
+                    capsize=3, lw=1.6, label=cond.label)
+    if show_anchor and result.anchor:
+        a = result.anchor
+        ax.plot([a["et_ratio"]], [100 * a["specific_lysis"]], marker="*", ms=15, color="#d4a017",
+                mec="black", ls="none", zorder=5, label=f"published: {a.get('label', a['source'])}")
+    ax.set_xscale("log")
+    ax.set_xticks(result.et_ratios)
+    ax.set_xticklabels([f"{e:g}:1" for e in result.et_ratios])
+    ax.set_xlabel("effector : target ratio")
+    ax.set_ylabel(f"specific lysis in {result.design.hours:g} h (%)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"In-silico chromium-release assay ({result.design.replicates} replicates of "
+                 f"{result.design.targets} targets)", fontsize="medium")
+    _legend(ax, loc="upper left")
+    return ax
+
 
 def save_run_figures(results: Any, out_dir: str | Path, *, dpi: int = 110) -> list[Path]:
     """Write a run's figures into ``out_dir``.

@@ -5,7 +5,7 @@ is at the start time and every later one comes ``interval`` after the one
 before it, the interval being that of the phase it belongs to. The blood level
 of one infusion is a two-part exponential (fast and persistent compartments);
 the level after a schedule is the superposition of single-dose curves
-(MODEL.md §7 check 6).
+(docs/model.md, analytic check 6).
 """
 
 from __future__ import annotations

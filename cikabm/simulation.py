@@ -272,7 +272,7 @@ class Simulation:
             granules=np.zeros(cap, np.uint8), kills=np.zeros(cap, np.uint8),
             target=np.full(cap, -1, np.int64), mechanism=np.zeros(cap, np.uint8),
             heading=np.zeros(cap, np.uint8), uid=np.zeros(cap, np.int64),
-            born=np.zeros(cap, np.int64), alive=np.zeros(cap, np.uint8),
+            born=np.zeros(cap, np.int64), alive=np.zeros(cap, np.uint8), tcr_match=np.zeros(cap, np.uint8),
             event=np.zeros(cap, np.uint8), klass=np.zeros(cap, np.int64),
             order=np.zeros(cap, np.int64),
         )
@@ -313,6 +313,27 @@ class Simulation:
             mid = geom.nz // 2
             img, eff_img = img[mid], eff_img[mid]
         return Snapshot(day=self.step * self.disc.dt_days, tumour=img.copy(), effectors=eff_img.copy())
+
+    def add_effectors(self, kind: int, count: int, *, granules: int | None = None, salt: int = 977) -> int:
+        """Place ``count`` effectors of ``kind`` on random free sites, now (before or between steps).
+
+        The way to start with a fixed effector population (an in-vitro assay, a
+        test). Each arrives as an infused cell does: full granules unless
+        ``granules`` says otherwise, its TCR clone drawn at arrival. Placement
+        draws are keyed on (seed, patient, current step, ``salt``). Returns the
+        number placed (fewer when the lattice or the capacity is full).
+        """
+        if not 0 <= kind < core.N_KINDS:
+            raise ValueError(f"kind = {kind}: must be 0-{core.N_KINDS - 1}")
+        prm = self.disc.params
+        granules = prm.granules_initial if granules is None else int(granules)
+        key = np.uint64(core.stream_key(self.seed, self.patient, self.step, salt))
+        placed = 0
+        for _ in range(int(count)):
+            placed += bool(core.add_effector(self.lattice, self.effectors, self.counters, self.disc.geometry,
+                                             kind, granules, self.step, key, 256, self.seed, self.patient,
+                                             prm.thr_tcr_match[kind]))
+        return placed
 
     def advance(self, n_steps: int) -> None:
         """Advance ``n_steps`` steps (records are written on record steps)."""

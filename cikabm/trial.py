@@ -1,6 +1,6 @@
 """Virtual trials: every virtual patient in every arm, run in parallel, resumable.
 
-Adjuvant setting (MODEL.md §5): each patient has a Poisson number of
+Adjuvant setting (docs/model.md, Virtual trials): each patient has a Poisson number of
 micrometastatic foci (more for larger primaries); each focus is its own small
 lattice grown from a few cells under endogenous CTLs and the arm's CIK
 infusions. A focus that reaches ``adjuvant.escape_cells`` live cells has
@@ -76,19 +76,24 @@ def _adjuvant_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams,
     growth_days = math.log(adj.detection_cells / adj.escape_physical_cells) / patient.net_growth_per_day
     first_detection = math.inf
     escaped = 0
+    arrived = 0  # CIK cells that entered the simulated foci
+    expected = math.nan  # CIK cells expected to enter one focus over the whole follow-up
     for focus in range(patient.n_foci):
         # A focus escaping after the earliest detection so far cannot change the recurrence time.
         horizon = min(end_day, first_detection - growth_days)
         if horizon <= 0:
             break
         sim = Simulation(region, seed=seed, patient=patient.patient_id * FOCI_KEY_STRIDE + focus, threads=1)
+        expected = float(sim.disc.mean_cik_arrivals.sum())
         t_escape = _run_until(sim, adj.check_every_days,
                               lambda live: live >= adj.escape_cells or live == 0, horizon)
+        arrived += int(sim.arrivals[:3].sum())
         if t_escape is not None and _live(sim) >= adj.escape_cells:
             escaped += 1
             first_detection = min(first_detection, t_escape + growth_days)
     recurrence_months = first_detection / DAYS_PER_MONTH
-    return _outcomes(ts, patient, region, "rfs", recurrence_months, foci_escaped=escaped)
+    return _outcomes(ts, patient, region, "rfs", recurrence_months, foci_escaped=escaped, cik_arrivals=arrived,
+                     cik_expected_per_focus=expected)
 
 
 def _advanced_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, seed: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from cikabm.params import DosingParams, Scenario, Section, param
 class TrialInfo(Section):
     setting: Literal["adjuvant", "advanced"] = param(
         "adjuvant", "-", "adjuvant: micrometastatic foci after resection, endpoint RFS; advanced: "
-        "measurable disease, endpoint PFS (RECIST-like). OS in both.", "MODEL.md §5")
+        "measurable disease, endpoint PFS (RECIST-like). OS in both.", "docs/model.md, Virtual trials")
     patients: int = param(230, "patients", "Virtual patients; each is simulated in every arm.", ge=1,
                           le=1_000_000)
     follow_up_months: float = param(60.0, "month", "Administrative censoring at the end of follow-up.",
@@ -79,7 +79,7 @@ class AdjuvantParams(Section):
         "immune-contact phase of an occult micrometastasis at reduced size; growth from here to "
         "detection follows the patient's doubling time.", "calibrate", gt=1)
     detection_cells: float = param(1e9, "cells", "Cells at clinical detection (about 1 cm).",
-                                   "MODEL.md §5", gt=1)
+                                   "~1e9 cells, 1 cm (docs/model.md, Virtual trials)", gt=1)
     check_every_days: float = param(1.0, "day", "How often a focus is checked for escape or extinction.",
                                     gt=0, le=30)
 

@@ -74,12 +74,8 @@ def run_scenario(sc: Scenario, *, seed: int | None = None, patient: int = 0,
 def inject_effectors(sim: Simulation, kind: int, count: int, granules: int | None = None,
                      salt: int = 977) -> None:
     """Place ``count`` effectors of ``kind`` on random free sites before (or between) steps."""
-    granules = sim.disc.params.granules_initial if granules is None else granules
-    key = np.uint64(core.stream_key(sim.seed, sim.patient, sim.step, salt))
-    for _ in range(count):
-        ok = core.add_effector(sim.lattice, sim.effectors, sim.counters, sim.disc.geometry,
-                               kind, granules, sim.step, key, 256)
-        assert ok, "could not place an effector"
+    placed = sim.add_effectors(kind, count, granules=granules, salt=salt)
+    assert placed == count, "could not place an effector"
 
 
 def live_count(sim: Simulation) -> int:

@@ -1,4 +1,4 @@
-"""The analytic checks of MODEL.md §7, and dt invariance (§1).
+"""The analytic checks of docs/model.md ("Analytic checks"), and dt invariance.
 
 Each test compares a simulated quantity with a closed-form expectation and
 allows 4 standard deviations, the standard deviation coming from the
@@ -55,7 +55,7 @@ def no_engagement_probability(sites: int, reach: int, effectors: int, q: float) 
     return float((pmf * (1.0 - q) ** k).sum())
 
 
-# ------------------------------------------------------------------ §7.1 pure growth
+# ------------------------------------------------------------------ check 1: pure growth
 def test_pure_growth_is_exponential():
     """N = N0 exp((lambda - mu) t) for cells scattered thinly on a large lattice.
 
@@ -92,7 +92,7 @@ def test_pure_growth_is_exponential():
     assert abs(mean[-1] / expected[-1] - 1) < 0.02
 
 
-# ------------------------------------------------------------------ §7.2 contact-inhibited growth
+# ------------------------------------------------------------------ check 2: contact-inhibited growth
 def growth_exponent_with_offset(t: np.ndarray, n: np.ndarray) -> tuple[float, float]:
     """Least-squares fit of ``log N = c + d log(t - t0)`` over a grid of ``t0``: ``(d, t0)``.
 
@@ -161,7 +161,7 @@ def test_contact_inhibited_growth_3d_is_cubic():
     assert np.corrcoef(t[late], np.cbrt(n[late]))[0, 1] > 0.999
 
 
-# ------------------------------------------------------------------ §7.3 extinction of one cell
+# ------------------------------------------------------------------ check 3: extinction of one cell
 def extinction_fraction(sc, replicates: int, effectors: int = 0, stop_at: int = 25) -> float:
     """Fraction of one-cell clones that die out, ``patient`` = replicate number.
 
@@ -250,7 +250,7 @@ def test_extinction_probability_with_constant_kill_hazard():
     assert observed - mu / lam > 8 * sigma
 
 
-# ------------------------------------------------------------------ §7.4 mass action
+# ------------------------------------------------------------------ check 4: mass action
 @pytest.mark.parametrize("n_eff", [500, 1000])
 def test_well_mixed_killing_follows_mass_action(n_eff):
     """dT/dt = -k E T with k = rate * (reachable sites) / (lattice sites).
@@ -309,7 +309,7 @@ def test_well_mixed_killing_follows_mass_action(n_eff):
     assert abs(observed[-1] - mass_action[-1]) < 4 * sigma[-1] + 0.01 * mass_action[-1]
 
 
-# ------------------------------------------------------------------ §1 dt invariance
+# ------------------------------------------------------------------ dt invariance
 def _means_agree(a: np.ndarray, b: np.ndarray, n_sd: float = 4.0) -> tuple[bool, float]:
     se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
     z = abs(a.mean() - b.mean()) / se

@@ -26,13 +26,17 @@ LIVELY = {
     "homing": {"ctl_per_site_per_day": 0.03, "cik_per_site_per_day": 1e-11},
     "dosing": {"schedule": "lee2015"},
     "time": {"duration_days": 2.0, "record_every_hours": 2.0},
+    # Every effector rule acts: clonal TCR recognition and activation-induced death too.
+    "effectors": {"tnk": {"nkg2d_rate_per_hour": 2.0, "tcr_rate_per_hour": 2.0, "tcr_recognising_fraction": 0.5},
+                  "tcell": {"tcr_rate_per_hour": 1.0, "tcr_recognising_fraction": 0.5}},
+    "killing": {"activation_death_per_kill": 0.2},
 }
 
 
 def state(sim: Simulation) -> list[np.ndarray]:
     """Everything that carries over between steps."""
     n = int(sim.counters[0])
-    eff = [a[:n] for a in sim.effectors[:10]]  # pos .. alive (scratch arrays excluded)
+    eff = [a[:n] for a in sim.effectors[:11]]  # pos .. tcr_match (scratch arrays excluded)
     return [*sim.lattice[:5], sim.lattice.has_effector, *eff, sim.ifn, sim.counters, sim.kills,
             sim.arrivals, sim.records]
 

@@ -1,4 +1,4 @@
-"""Each rule of the kernel on its own (MODEL.md §1-3).
+"""Each rule of the kernel on its own (docs/model.md, Submodels).
 
 Two kinds of test: direct calls of the compiled passes in
 :mod:`cikabm.kernels.core` on tiny hand-built lattices, and short
@@ -393,8 +393,16 @@ STATIC = {  # no growth, no death, nothing cleared, fixed and uniform cell attri
                "death_rate_per_day": 0.0, "clearance_time_hours": 1e6, "ligand_mean": 0.8,
                "ligand_sd": 0.0, "mhc_mean": 0.8, "mhc_sd": 0.0, "fas_mean": 0.4, "fas_sd": 0.0,
                "initial_mhc_lost_fraction": 0.5, "mhc_loss_per_division": 0.0},
-    "effectors": {"motility": "well_mixed", **{k: {"death_rate_per_day": 0.0} for k in KINDS}},
-    "killing": {"kill_capacity": 255, "granules_max": 255, "perforin_time_minutes": 10.0},
+    # Rates fixed here, not the calibrated defaults: these tests are about the rules. Every T cell's
+    # TCR recognises the tumour, and no effector dies (no background death, no activation-induced death).
+    "effectors": {"motility": "well_mixed",
+                  "tnk": {"death_rate_per_day": 0.0, "nkg2d_rate_per_hour": 2.0, "tcr_rate_per_hour": 0.0},
+                  "tcell": {"death_rate_per_day": 0.0, "nkg2d_rate_per_hour": 0.5, "tcr_rate_per_hour": 0.5,
+                            "tcr_recognising_fraction": 1.0},
+                  "nk": {"death_rate_per_day": 0.0, "nkg2d_rate_per_hour": 2.0},
+                  "ctl": {"death_rate_per_day": 0.0}},
+    "killing": {"kill_capacity": 255, "granules_max": 255, "perforin_time_minutes": 10.0,
+                "activation_death_per_kill": 0.0},
     "ifn": {"secretion_per_hour": 0.0},
     "time": {"duration_days": 0.5},
 }
@@ -527,7 +535,8 @@ def test_kill_capacity_caps_kills_per_effector(capacity):
     sc = make_scenario(lattice={"shape": [40, 40]},
                        tumour={"initial_cells": 1000, "division_rate_per_day": 0.5},
                        homing={"ctl_per_site_per_day": 0.05},
-                       killing={"kill_capacity": capacity, "perforin_time_minutes": 5.0},
+                       killing={"kill_capacity": capacity, "perforin_time_minutes": 5.0,
+                                "activation_death_per_kill": 0.0},
                        effectors={"ctl": {"death_rate_per_day": 0.0}},
                        time={"duration_days": 1.5})
     sim, frame = run_scenario(sc)
@@ -579,7 +588,8 @@ def _live_effectors(frame):
 
 def test_without_death_every_arrival_stays():
     no_death = {k: {"death_rate_per_day": 0.0} for k in KINDS}
-    sc = make_scenario(**{**BUSY, "effectors": no_death})
+    sc = make_scenario(**{**BUSY, "effectors": no_death,
+                          "killing": {**BUSY["killing"], "activation_death_per_kill": 0.0}})
     _, frame = run_scenario(sc)
     assert (frame["arrivals_dropped"] == 0).all()
     assert (_arrivals(frame) == _live_effectors(frame)).all()
@@ -601,7 +611,7 @@ def test_with_death_arrivals_minus_live_is_a_cumulative_death_count():
 def test_capacity_overflow_is_dropped_and_counted():
     sc = make_scenario(homing={"ctl_per_site_per_day": 0.5},
                        effectors={"capacity": 40, "ctl": {"death_rate_per_day": 0.0}},
-                       time={"duration_days": 0.5})
+                       killing={"activation_death_per_kill": 0.0}, time={"duration_days": 0.5})
     _, frame = run_scenario(sc)
     assert frame["effectors_ctl"].max() == 40
     assert (frame["arrivals_ctl"] == frame["effectors_ctl"]).all()
@@ -645,3 +655,60 @@ def test_kill_hazard_follows_contact_neighbourhood():
 def test_all_still_kinds_use_one_substep():
     sc = make_scenario(effectors=ALL_STILL)
     assert Simulation(sc).disc.params.n_sub == 1
+
+
+# ------------------------------------------------------------------ clonal TCR, blocking, activation-induced death
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_tcr_clone_is_drawn_once_at_arrival_with_its_share(fraction):
+    sc = make_scenario(STATIC, effectors={**STATIC["effectors"],
+                                          "tcell": {**STATIC["effectors"]["tcell"],
+                                                    "tcr_recognising_fraction": fraction}})
+    sim = Simulation(sc, seed=STATIC_SEED, threads=1)
+    n = 2000
+    inject_effectors(sim, core.KIND_TCELL, n)
+    matched = sim.effectors.tcr_match[:n].copy()
+    sd = np.sqrt(n * fraction * (1 - fraction))
+    assert abs(matched.sum() - n * fraction) <= 4 * sd + 1e-9
+    sim.run(progress=False, n_snapshots=0)
+    alive = sim.effectors.uid[: int(sim.counters[0])]
+    assert np.array_equal(sim.effectors.tcr_match[: int(sim.counters[0])], matched[alive])  # kept for life
+
+
+def test_only_recognising_t_cells_kill_through_their_tcr():
+    """TCR-only CD3+CD56- cells (NKG2D 0): kills come from cells whose clone recognises the tumour."""
+    tcell = {**STATIC["effectors"]["tcell"], "nkg2d_rate_per_hour": 0.0, "tcr_rate_per_hour": 2.0,
+             "tcr_recognising_fraction": 0.3}
+    sim, frame, _, _ = run_static(core.KIND_TCELL, 300, effectors={**STATIC["effectors"], "tcell": tcell})
+    n = int(sim.counters[0])
+    kills, matched = sim.effectors.kills[:n], sim.effectors.tcr_match[:n]
+    assert kills[matched == 1].sum() > 50
+    assert kills[matched == 0].sum() == 0
+    assert kills_of(frame, "tcell", "mhc_lost").iloc[-1] == 0  # and never an MHC-I-lost target
+
+
+@pytest.mark.parametrize("blocked, kind, killed", [("nkg2d_blocked", core.KIND_NK, False),
+                                                    ("nkg2d_blocked", core.KIND_CTL, True),
+                                                    ("tcr_blocked", core.KIND_CTL, False),
+                                                    ("tcr_blocked", core.KIND_NK, True)])
+def test_blocking_a_receptor_removes_exactly_its_killing(blocked, kind, killed):
+    sim, frame, _, _ = run_static(kind, 100, killing={**STATIC["killing"], blocked: True})
+    assert (frame["kills_total"].iloc[-1] > 20) == killed
+    prm = sim.disc.params
+    rates = prm.nkg2d_rate if blocked == "nkg2d_blocked" else prm.tcr_rate
+    assert np.all(rates == 0.0)
+
+
+@pytest.mark.parametrize("p_death", [0.3, 1.0])
+def test_activation_induced_death_follows_kills(p_death):
+    """No background death: every effector lost died right after a kill, with probability p per kill."""
+    n0 = 400
+    sim, frame, _, _ = run_static(core.KIND_CTL, n0,
+                                  killing={**STATIC["killing"], "activation_death_per_kill": p_death})
+    kills = int(frame["kills_total"].iloc[-1])
+    died = n0 - int(frame["effectors_ctl"].iloc[-1])
+    assert kills > 100
+    sd = np.sqrt(kills * p_death * (1 - p_death))
+    assert abs(died - kills * p_death) <= 4 * sd + 1e-9, (died, kills)
+    n = int(sim.counters[0])
+    if p_death == 1.0:
+        assert died == kills and np.all(sim.effectors.kills[:n] == 0)  # nobody survives a kill

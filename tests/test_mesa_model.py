@@ -166,3 +166,15 @@ def test_app_controls_are_model_keywords():
     values = {k: (v.value if hasattr(v, "value") else v["value"]) for k, v in app.MODEL_PARAMS.items()}
     model = CIKModel(**values)
     assert model.cik_scenario == CIKModel(seed=1).cik_scenario
+
+
+def test_nkg2d_block_is_a_model_parameter():
+    """The app's NKG2D toggle: the scenario blocks NKG2D, and the effector table shows TCR specificity."""
+    model = CIKModel(nkg2d_blocked=True, duration_days=2.0, start_day=0.0)
+    assert model.cik_scenario.killing.nkg2d_blocked
+    assert CIKModel(duration_days=2.0, start_day=0.0).cik_scenario.killing.nkg2d_blocked is False
+    for _ in range(4):
+        model.step()
+    table = model.effectors()
+    assert "tcr_recognises_tumour" in table.columns and len(table) > 0
+    assert model.populations["kills_mhc_lost"] == 0  # CTLs need MHC-I, and NKG2D is blocked

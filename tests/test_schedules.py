@@ -1,4 +1,4 @@
-"""Dosing schedules, blood persistence and homing supply (MODEL.md §4, §7 check 6)."""
+"""Dosing schedules, blood persistence and homing supply (docs/model.md: Supply, analytic check 6)."""
 
 from __future__ import annotations
 

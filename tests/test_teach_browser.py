@@ -131,7 +131,7 @@ def test_app_steps_and_populations_change(app_url, browser):
     assert start["day"] == 0.0
     assert start["tumour"] == 200  # the teaching scenario's initial ball
     page = browser.find_element(By.TAG_NAME, "body").text
-    for control in ("MHC-I loss per division", "CIK mix", "Dose", "Schedule", "CIK infusions"):
+    for control in ("MHC-I loss per division", "CIK mix", "Dose", "Schedule", "CIK infusions", "Block NKG2D"):
         assert control in page, f"control {control!r} missing from the page"
     images = browser.find_elements(By.TAG_NAME, "img")
     assert len(images) >= 3, "the lattice and the plots should be drawn as images"

@@ -113,6 +113,8 @@ P_SEED = 13
 P_SHUFFLE = 14
 P_POISSON = 15
 P_ARRIVAL_KIND = 16
+P_EFF_AICD = 17
+P_TCR_MATCH = 18
 
 MAX_SUBSTEPS = 16
 # The effector pass runs in strips when it has at least parallel_min / this
@@ -172,6 +174,7 @@ class EffectorState(NamedTuple):
     uid: np.ndarray  # int64 unique id, keys the effector's random draws
     born: np.ndarray  # int64 step of arrival (age = step - born)
     alive: np.ndarray  # uint8
+    tcr_match: np.ndarray  # uint8 1 when the cell's TCR clone recognises the tumour (drawn at arrival)
     event: np.ndarray  # uint8 scratch: the effector's last death or kill (EVENT_*)
     klass: np.ndarray  # int64 scratch: packed site coordinates << 16 | bucket (see the effector zones)
     order: np.ndarray  # int64 scratch: two int32 buffers of effectors sorted by bucket (_order_buffers)
@@ -188,7 +191,9 @@ class KernelParams(NamedTuple):
     nkg2d_signal: np.ndarray  # float64[256]: Hill response h(L) per ligand level
     nkg2d_rate: np.ndarray  # float64[kind], per hour
     missing_self: np.ndarray  # float64[kind]
-    tcr_rate: np.ndarray  # float64[kind], per hour
+    tcr_rate: np.ndarray  # float64[kind], per hour, for a cell whose TCR recognises the tumour
+    thr_tcr_match: np.ndarray  # uint64[kind]: share of arriving cells whose TCR recognises the tumour
+    thr_aicd: np.uint64  # activation-induced death after a kill
     fasl: np.ndarray  # uint8[kind]
     thr_eff_death: np.ndarray  # uint64[kind], per step
     thr_move: np.ndarray  # uint64[kind], per sub-step
@@ -686,7 +691,7 @@ def _effector_tables(prm):
     ``kf[kind] = (nkg2d_rate, missing_self, tcr_rate)``;
     ``ku[kind] = (thr_eff_death, thr_move, fasl)`` and
     ``ku[N_KINDS] = (granules_max, kill_capacity, well_mixed)``;
-    ``thr = (perforin_done, fas_done, perforin_same, fas_same, regen, persist)``;
+    ``thr = (perforin_done, fas_done, perforin_same, fas_same, regen, persist, aicd)``;
     ``ff = (fas_threshold, dt_sub_hours, ifn_half_effect)``;
     ``level[k] = k / 255`` for k < 256, then the NKG2D signal of the 256 ligand levels.
     """
@@ -702,13 +707,14 @@ def _effector_tables(prm):
     ku[N_KINDS, 0] = prm.granules_max
     ku[N_KINDS, 1] = prm.kill_capacity
     ku[N_KINDS, 2] = 1 if prm.well_mixed else 0
-    thr = np.empty(6, np.uint64)
+    thr = np.empty(7, np.uint64)
     thr[0] = prm.thr_perforin_done
     thr[1] = prm.thr_fas_done
     thr[2] = prm.thr_perforin_same
     thr[3] = prm.thr_fas_same
     thr[4] = prm.thr_regen
     thr[5] = prm.thr_persist
+    thr[6] = prm.thr_aicd
     ff = np.empty(3, np.float64)
     ff[0] = prm.fas_threshold
     ff[1] = prm.dt_sub_hours
@@ -965,7 +971,7 @@ _PREFETCH_MIN_SITES = 1 << 18
 @njit(cache=True)
 def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                  cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
-                 e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                 e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                  offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                  three_d, pz, py, tab, shape, dp, cnext, zone_of):
     """One sub-step of every effector of one zone, in class order.
@@ -997,10 +1003,10 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     well_mixed = ku[N_KINDS, 2] != 0
     thr_perforin_done, thr_fas_done = thr[0], thr[1]
     thr_perforin_same, thr_fas_same = thr[2], thr[3]
-    thr_regen, thr_persist = thr[4], thr[5]
+    thr_regen, thr_persist, thr_aicd = thr[4], thr[5], thr[6]
     fas_threshold, dt_sub, ifn_half = ff[0], ff[1], ff[2]
     key_death, key_complete, key_regen, key_scan = keys[0], keys[1], keys[2], keys[3]
-    key_engage, key_move, key_turn = keys[4], keys[5], keys[6]
+    key_engage, key_move, key_turn, key_aicd = keys[4], keys[5], keys[6], keys[7]
     sx, sy, mx, my = shape[0], shape[1], shape[2], shape[3]
     b0 = zone * N_CLASSES
     px = tab.shape[0] - pz - py
@@ -1049,7 +1055,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                         g = -1.0  # IFN-gamma response, found at the first live neighbour
                         rate_nkg2d = kf[kind, 0]
                         weight_self = kf[kind, 1]
-                        rate_tcr = kf[kind, 2]
+                        # TCR recognition is clonal: only cells whose TCR recognises the tumour have it.
+                        rate_tcr = kf[kind, 2] if e_tcr_match[i] != 0 else 0.0
                         # Two scans of the contact neighbourhood with the same partial sums: the
                         # first sums the rates; the second, only when the engagement draw
                         # succeeds, picks the target by the weighted reservoir.
@@ -1108,6 +1115,12 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                         if mech == MECH_PERFORIN:
                             e_granules[i] -= 1
                         e_target[i] = -1
+                        if thr_aicd > 0 and hit(draw(key_aicd, uid), thr_aicd):
+                            # Activation-induced cell death: the killer dies after this kill.
+                            e_alive[i] = 0
+                            has_effector[upos] = 0
+                            klass[i] = -1
+                            kz[zone, 16] += 1
                     continue  # engaged effectors do not move
                 if well_mixed:
                     continue
@@ -1183,13 +1196,13 @@ def _sort_zone(zone, n_src, order, loff, seg, next_order, counts, base, klass):
 @njit(cache=True, parallel=True)
 def _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                             cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
-                            e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                            e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                             offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                             three_d, pz, py, tab, shape, dp, cnext, zone_of):
     for k in prange(n_strips):
         _update_zone(k, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                      cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
-                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                      offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                      three_d, pz, py, tab, shape, dp, cnext, zone_of)
 
@@ -1260,7 +1273,7 @@ class EffectorWork(NamedTuple):
     thr: np.ndarray  # uint64[6]
     ff: np.ndarray  # float64[3]
     level: np.ndarray  # float64[512]
-    keys: np.ndarray  # uint64[7]: the draw keys of one sub-step
+    keys: np.ndarray  # uint64[8]: the draw keys of one sub-step
 
 
 @njit(cache=True)
@@ -1274,7 +1287,7 @@ def effector_work(geom, prm, max_strips):
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
                         np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
                         np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
-                        np.empty(7, np.uint64))
+                        np.empty(8, np.uint64))
 
 
 @njit(cache=True)
@@ -1298,7 +1311,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     has_effector = lat.has_effector
     e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
     e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
-    e_uid, e_alive, e_event = eff.uid, eff.alive, eff.event
+    e_uid, e_alive, e_tcr_match, e_event = eff.uid, eff.alive, eff.tcr_match, eff.event
     klass = eff.klass
     offsets, nnb = geom.offsets, geom.n_neighbours
     three_d = geom.dims == 3
@@ -1323,6 +1336,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         keys[4] = stream_key(seed, patient, clock, P_EFF_ENGAGE)
         keys[5] = stream_key(seed, patient, clock, P_EFF_MOVE)
         keys[6] = stream_key(seed, patient, clock, P_EFF_TURN)
+        keys[7] = stream_key(seed, patient, clock, P_EFF_AICD)
         if prm.well_mixed:
             _shuffle_effectors(lat, eff, n_eff, geom, stream_key(seed, patient, clock, P_SHUFFLE))
         loff = work.loff[parity, :, :n_buckets + 1]
@@ -1359,12 +1373,12 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
             _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass,
                                     kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
                                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive,
-                                    e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                                    e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                                     three_d, pz, py, tab, shape, dp, cnext, zone_of)
         for zone in range(0 if n_strips == 1 else n_strips, n_zones):
             _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                          cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
-                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_event,
+                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                          offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                          three_d, pz, py, tab, shape, dp, cnext, zone_of)
         # Secretion, once every effector has read the field.
@@ -1391,7 +1405,7 @@ def _permute_effectors(eff, n, perm, tmp_i64, tmp_u8):
         for j in range(n):
             tmp_i64[j] = arr[perm[j]]
         arr[:n] = tmp_i64[:n]
-    for arr in (eff.kind, eff.granules, eff.kills, eff.mechanism, eff.heading, eff.alive):
+    for arr in (eff.kind, eff.granules, eff.kills, eff.mechanism, eff.heading, eff.alive, eff.tcr_match):
         for j in range(n):
             tmp_u8[j] = arr[perm[j]]
         arr[:n] = tmp_u8[:n]
@@ -1452,6 +1466,7 @@ def compact_effectors(eff, counters):
     n_eff = counters[0]
     pos, kind, granules, kills, target = eff.pos, eff.kind, eff.granules, eff.kills, eff.target
     mechanism, heading, uid, born, alive = eff.mechanism, eff.heading, eff.uid, eff.born, eff.alive
+    tcr_match = eff.tcr_match
     w = 0
     while w < n_eff and alive[w] != 0:  # the survivors before the first death stay put
         w += 1
@@ -1467,14 +1482,25 @@ def compact_effectors(eff, counters):
         heading[w] = heading[i]
         uid[w] = uid[i]
         born[w] = born[i]
+        tcr_match[w] = tcr_match[i]
         alive[w] = 1
         w += 1
     counters[0] = w
 
 
 @njit(cache=True)
-def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries):
-    """Place one arriving effector on a random free site; False if none found."""
+def tcr_match_of(seed, patient, uid, thr_match):
+    """1 when effector ``uid``'s TCR clone recognises the tumour (a draw keyed on the cell alone)."""
+    return np.uint8(1) if hit(draw(stream_key(seed, patient, 0, P_TCR_MATCH), uid), thr_match) else np.uint8(0)
+
+
+@njit(cache=True)
+def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries, seed, patient, thr_match):
+    """Place one arriving effector on a random free site; False if none found.
+
+    Its TCR clone recognises the tumour with the probability of threshold
+    ``thr_match`` (:func:`tcr_match_of`), decided once, at arrival.
+    """
     n_eff = counters[0]
     if n_eff >= eff.pos.shape[0]:
         counters[2] += 1
@@ -1495,6 +1521,7 @@ def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries
             eff.uid[n_eff] = uid
             eff.born[n_eff] = step
             eff.alive[n_eff] = 1
+            eff.tcr_match[n_eff] = tcr_match_of(seed, patient, uid, thr_match)
             counters[0] = n_eff + 1
             return True
     counters[2] += 1
@@ -1533,7 +1560,8 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
                     break
         else:
             kind = KIND_CTL
-        if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32):
+        if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32, seed, patient,
+                        prm.thr_tcr_match[kind]):
             arrivals[kind] += 1
     return n_dead
 

@@ -4,8 +4,9 @@
 The page shows the lattice (tumour coloured by MHC class I state, effectors as
 dots by kind), the tumour by MHC state over time, the kills by effector kind
 and by mechanism, and a line of current counts; the side bar has sliders for
-the MHC-loss rate, the CIK subset mix, the dose and the schedule, and a toggle
-for CTLs only vs CTLs + CIK. *Reset* builds a new model from the controls;
+the MHC-loss rate, the CIK subset mix, the dose and the schedule, a toggle
+for CTLs only vs CTLs + CIK, and one that blocks NKG2D; kills per effector cell
+by kind show what each subset does. *Reset* builds a new model from the controls;
 *Step* advances half a day; the play button runs on.
 
 In a notebook, ``from cikabm.mesa.app import page; page`` shows the same page.
@@ -33,6 +34,7 @@ from cikabm.plotting import (  # noqa: E402
     plot_effectors,
     plot_kills,
     plot_kills_by_mechanism,
+    plot_kills_per_cell,
     plot_populations,
     plot_snapshots,
 )
@@ -45,6 +47,8 @@ _tumour = TEACHING_SCENARIO["tumour"]
 #: The controls of the side bar: each a keyword argument of :class:`CIKModel`.
 MODEL_PARAMS: dict[str, Any] = {
     "cik": {"type": "Checkbox", "value": True, "label": "CIK infusions (off: endogenous CTLs only)"},
+    "nkg2d_blocked": {"type": "Checkbox", "value": False,
+                      "label": "Block NKG2D (anti-NKG2D antibody: TCR killing of MHC-I-present cells remains)"},
     "mhc_loss_per_division": Slider("MHC-I loss per division", _tumour["mhc_loss_per_division"], 0.0, 0.05, 0.001),
     "share_tnk": Slider("CIK mix: CD3+CD56+ (T-NK) share", 0.36, 0.0, 0.8, 0.01),
     "share_nk": Slider("CIK mix: CD3-CD56+ (NK) share (CD3+CD56- is the rest)", 0.04, 0.0, 0.2, 0.01),
@@ -111,6 +115,15 @@ def KillsByMechanism(model: CIKModel) -> None:
 
 
 @solara.component
+def KillsPerCell(model: CIKModel) -> None:
+    """Kills per effector cell by kind, of MHC-I-present and MHC-I-lost targets."""
+    update_counter.get()
+    fig = _figure(6.0, 3.9)
+    plot_kills_per_cell(model.datacollector.get_model_vars_dataframe(), ax=fig.subplots())
+    solara.FigureMatplotlib(fig, format="png", dpi=90)
+
+
+@solara.component
 def Effectors(model: CIKModel) -> None:
     """Effectors in the region by kind, CIK in blood on the right axis."""
     _draw_time_series(model, plot_effectors)
@@ -121,7 +134,7 @@ def make_page(model: CIKModel | None = None) -> Any:
     model = CIKModel() if model is None else model
     return SolaraViz(
         model,
-        components=[Lattice, Populations, TumourByMhc, KillsByKind, KillsByMechanism, Effectors],
+        components=[Lattice, Populations, TumourByMhc, KillsByKind, KillsPerCell, KillsByMechanism, Effectors],
         model_params=MODEL_PARAMS,
         name="cikabm: MHC-independent killing by CIK cells",
     )

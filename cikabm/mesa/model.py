@@ -53,7 +53,7 @@ TEACHING_SCENARIO: dict[str, Any] = {
     "tumour": {"initial_cells": 200, "initial_pattern": "ball", "division_rate_per_day": 0.5,
                "death_rate_per_day": 0.1, "mhc_mean": 0.8, "mhc_loss_per_division": 0.01,
                "ligand_mean": 0.6},
-    "homing": {"ctl_per_site_per_day": 5e-4, "cik_per_site_per_day": 8e-13},
+    "homing": {"ctl_per_site_per_day": 5e-4, "cik_per_site_per_day": 2.5e-12},
     "dosing": {"schedule": "weekly6_biweekly", "start_day": 42.0, "dose_cells": 6.4e9},
 }
 
@@ -111,6 +111,9 @@ class CIKModel(mesa.Model):
         Day of the first infusion (``dosing.start_day``).
     cik : bool, default True
         False: CTLs only (no CIK infusions, whatever the schedule).
+    nkg2d_blocked : bool, default False
+        An anti-NKG2D antibody: no effector recognises through NKG2D
+        (``killing.nkg2d_blocked``); TCR killing of MHC-I-present cells remains.
     duration_days : float, optional
         Simulated time (``time.duration_days``).
     hours_per_step : float, default 12
@@ -157,6 +160,7 @@ class CIKModel(mesa.Model):
         schedule: str | None = None,
         start_day: float | None = None,
         cik: bool = True,
+        nkg2d_blocked: bool = False,
         duration_days: float | None = None,
         hours_per_step: float = 12.0,
         seed: int | None = None,
@@ -167,7 +171,7 @@ class CIKModel(mesa.Model):
         self.cik_scenario = build_scenario(
             base_scenario, mhc_loss_per_division=mhc_loss_per_division, share_tnk=share_tnk, share_nk=share_nk,
             dose_billion_cells=dose_billion_cells, schedule=schedule, start_day=start_day, cik=cik,
-            duration_days=duration_days, hours_per_step=hours_per_step)
+            nkg2d_blocked=nkg2d_blocked, duration_days=duration_days, hours_per_step=hours_per_step)
         self.threads = threads
         self.simulation = Simulation(self.cik_scenario, seed=seed, threads=threads)
         disc = self.simulation.disc
@@ -246,7 +250,7 @@ class CIKModel(mesa.Model):
         return grid
 
     def effectors(self) -> pd.DataFrame:
-        """The live effectors now: position, kind, granules, kills, engaged (a copy)."""
+        """The live effectors now: position, kind, granules, kills, engaged, TCR specificity, age (a copy)."""
         sim = self.simulation
         eff = sim.effectors
         n = int(sim.counters[0])
@@ -261,6 +265,7 @@ class CIKModel(mesa.Model):
         kinds = np.asarray(KIND_KEYS)
         table.update({"kind": kinds[eff.kind[:n]], "granules": eff.granules[:n].copy(),
                       "kills": eff.kills[:n].copy(), "engaged": eff.target[:n] >= 0,
+                      "tcr_recognises_tumour": eff.tcr_match[:n] == 1,
                       "age_days": (sim.step - eff.born[:n]) * sim.disc.dt_days})
         return pd.DataFrame(table)
 
@@ -287,6 +292,7 @@ def build_scenario(
     schedule: str | None = None,
     start_day: float | None = None,
     cik: bool = True,
+    nkg2d_blocked: bool = False,
     duration_days: float | None = None,
     hours_per_step: float = 12.0,
 ) -> Scenario:
@@ -306,7 +312,9 @@ def build_scenario(
         data = merge_tables(TEACHING_SCENARIO, base or {})
     else:
         raise TypeError(f"scenario = {base!r}: expected a Scenario, a dict of scenario tables or None")
-    over: dict[str, dict[str, Any]] = {"tumour": {}, "product": {}, "dosing": {}, "time": {}}
+    over: dict[str, dict[str, Any]] = {"tumour": {}, "product": {}, "dosing": {}, "time": {}, "killing": {}}
+    if nkg2d_blocked:
+        over["killing"]["nkg2d_blocked"] = True
     if mhc_loss_per_division is not None:
         over["tumour"]["mhc_loss_per_division"] = mhc_loss_per_division
     product = data.get("product", {})

@@ -149,7 +149,8 @@ class KindRules:
     p_move: float  # per sub-step
     nkg2d_rate: float  # per hour, on a target with full NKG2D signal
     missing_self: float  # w in (1 - w M)
-    tcr_rate: float  # per hour, on a target with M = 1
+    tcr_rate: float  # per hour, on a target with M = 1, for a cell whose TCR recognises the tumour
+    tcr_fraction: float  # share of arriving cells whose TCR recognises the tumour
     fasl: bool  # can kill by Fas/FasL without granules
 
 
@@ -183,6 +184,7 @@ class StepRules:
     fas_threshold: float
     granules_max: int
     kill_capacity: int
+    p_aicd: float  # activation-induced death right after a kill
     # IFN-gamma field
     coarsening: int
     ifn_secretion: float  # field units per engaged effector per sub-step
@@ -221,18 +223,20 @@ class StepRules:
         n_sub = max(1, math.ceil(fastest * dt_min / site_um - 1e-12))
         dt_sub_min = dt_min / n_sub
         dt_sub_h = dt_sub_min / 60.0
+        # An antibody-blocked receptor recognises nothing, whatever the kind.
+        kill = sc.killing
         kinds = {}
         for key in KIND_KEYS:
             k = sc.effectors.kind(key)
             kinds[key] = KindRules(
                 p_death=probability(k.death_rate_per_day, dt_d),  # drawn in the first sub-step only
                 p_move=min(1.0, k.speed_um_per_min * dt_sub_min / site_um),
-                nkg2d_rate=k.nkg2d_rate_per_hour,
+                nkg2d_rate=0.0 if kill.nkg2d_blocked else k.nkg2d_rate_per_hour,
                 missing_self=k.missing_self_weight,
-                tcr_rate=k.tcr_rate_per_hour,
+                tcr_rate=0.0 if kill.tcr_blocked else k.tcr_rate_per_hour,
+                tcr_fraction=k.tcr_recognising_fraction,
                 fasl=k.fasl,
             )
-        kill = sc.killing
         perforin_rate_per_min = 1.0 / kill.perforin_time_minutes
         fas_rate_per_h = 1.0 / kill.fas_time_hours
 
@@ -279,6 +283,7 @@ class StepRules:
             fas_threshold=kill.fas_threshold,
             granules_max=kill.granules_max,
             kill_capacity=kill.kill_capacity,
+            p_aicd=kill.activation_death_per_kill,
             coarsening=sc.lattice.field_coarsening,
             ifn_secretion=ifn.secretion_per_hour * dt_sub_h,
             ifn_half_effect=ifn.half_effect,
@@ -457,6 +462,8 @@ class Effector(CellAgent):
         self.target: TumourCell | None = None
         self.mechanism: str | None = None
         self.heading: tuple[int, int] | None = None  # None: pick a new direction at the next move
+        # Clonal TCR specificity, decided once: does this cell's TCR recognise the tumour?
+        self.tcr_match = model.random.random() < self.kind_rules.tcr_fraction
         self.alive = True
         self.cell = site
         site.effector = self
@@ -506,7 +513,10 @@ class Effector(CellAgent):
             self.kill()
 
     def kill(self) -> None:
-        """The target dies; the kill is counted by mechanism, kind and the target's MHC state."""
+        """The target dies; the kill is counted by mechanism, kind and the target's MHC state.
+
+        The killer then dies with probability ``p_aicd`` (activation-induced cell death).
+        """
         target = self.target
         target.die()
         self.model.count_kill(self.mechanism, self.kind, target.mhc_state)
@@ -514,6 +524,8 @@ class Effector(CellAgent):
         if self.mechanism == PERFORIN:
             self.spend_granule()
         self.release()
+        if self.model.random.random() < self.model.rules.p_aicd:
+            self.die()
 
     def spend_granule(self) -> None:
         """A perforin/granzyme kill uses up one granule."""
@@ -526,7 +538,8 @@ class Effector(CellAgent):
             self.granules += 1
 
     def recognition_rate(self, target: TumourCell, ifn_response: float) -> float:
-        """Engagement hazard (per hour) on ``target``: ``nkg2d h(L) (1 - w M) + tcr M``.
+        """Engagement hazard (per hour) on ``target``: ``nkg2d h(L) (1 - w M) + tcr M`` (TCR term only
+        for a cell whose TCR recognises the tumour).
 
         NKG2D recognition needs no MHC, the missing-self weight ``w`` makes MHC
         loss raise NK-like killing, and the TCR term is MHC-restricted; ``M`` is
@@ -534,7 +547,8 @@ class Effector(CellAgent):
         """
         k = self.kind_rules
         m = target.effective_mhc(ifn_response)
-        return k.nkg2d_rate * target.nkg2d_signal * (1.0 - k.missing_self * m) + k.tcr_rate * m
+        tcr = k.tcr_rate if self.tcr_match else 0.0
+        return k.nkg2d_rate * target.nkg2d_signal * (1.0 - k.missing_self * m) + tcr * m
 
     def fas_sensitive(self, target: TumourCell, ifn_response: float) -> bool:
         """A Fas/FasL kill needs at least ``fas_threshold`` effective Fas on the target."""
