@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -127,3 +129,19 @@ def test_resume_refuses_chunks_of_another_scenario(tmp_path, monkeypatch):
 def test_bad_arms_are_named(arms, message):
     with pytest.raises(ScenarioError, match=message):
         small(arms=arms)
+
+
+def test_cik_cells_reaching_the_foci_are_counted():
+    """Each row counts the CIK cells that entered its simulated foci and the number expected per focus
+    over the follow-up, which scales with the homing rate; the control arm gets none."""
+    rows = [r for pid in range(6) for r in simulate_patient(small(), pid)]
+    control = [r for r in rows if r["arm"] == "control"]
+    cik = [r for r in rows if r["arm"] == "cik" and r["n_foci"] > 0 and not r["manufacturing_failed"]]
+    for r in control:
+        assert r["cik_arrivals"] == 0
+        assert r["cik_expected_per_focus"] == 0.0 if r["n_foci"] > 0 else math.isnan(r["cik_expected_per_focus"])
+    assert cik and all(r["cik_expected_per_focus"] > 0 for r in cik)
+    doubled = small(homing={"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 4e-14})
+    again = {r["patient_id"]: r for pid in range(6) for r in simulate_patient(doubled, pid) if r["arm"] == "cik"}
+    for r in cik:
+        assert again[r["patient_id"]]["cik_expected_per_focus"] == pytest.approx(2 * r["cik_expected_per_focus"])
