@@ -144,14 +144,14 @@ plot_forest(size, ax=ax, label="label")
 ax.set_title("Hazard ratio vs control by primary tumour size", loc="left", fontweight="bold")
 plt.show()"""),
     ("md", """\
-## Why one schedule wins: patient by patient
+## Does one schedule win? Patient by patient
 
 Common random numbers allow a paired look: the same patient's RFS under two
 schedules. A patient without foci, or whose foci escape whatever the
 schedule, has the same RFS in both arms; the others show which schedule
 delayed *their* recurrence.
 
-The timing explains the winner. A focus starts as a handful of cells; CIK
+Timing could matter. A focus starts as a handful of cells; CIK
 cells that reach it while it is that small can clear it, and a cleared focus
 never comes back. A focus that escapes still needs months to grow from
 `adjuvant.escape_physical_cells` to detection (about 1e9 cells), so escapes
@@ -183,21 +183,19 @@ for arm, month in last.items():
 pts.groupby("arm", sort=False)[["n_foci", "foci_escaped", "infusions_received"]].mean().round(2)"""),
     ("md", """\
 **Summary.** The treated schedules deliver the same 16 infusions of the same
-size; they differ in timing. Front-loading (`weekly6_biweekly`) puts the cells
-in the blood while the residual foci are smallest, so it clears more of them
-(fewer escaped foci per patient) even though most recurrences are detected
-one to two years later; Lee 2015 keeps dosing into the second year, when the
-foci that will recur have mostly escaped already. Halving the dose halves the
-homing rate at every time and shows how sensitive the effect is to product
-yield. For the full calibrated cohort (230 patients, seed 2015),
-`cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules`
-gave median RFS 29.9 months (control), 42.9 (Lee 2015; HR 0.62, 95 % CI
-0.49-0.79), not reached (weekly x6 then every 2 weeks; HR 0.54, 0.42-0.69)
-and 33.5 (Lee 2015 at half dose; HR 0.77, 0.61-0.96). The two full-dose
-schedules' intervals overlap; the paired (same-patient) differences above are
-the sharper comparison. This is a model prediction, not a trial result: the
-advantage of front-loading rests on the calibrated homing and foci
-parameters."""),
+size; they differ in timing. For the full calibrated cohort (230 patients,
+seed 2015), `cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules`
+gave median RFS 30.0 months (control), 47.3 (Lee 2015; HR 0.61, 95 % CI
+0.48-0.78), 47.3 (weekly x6 then every 2 weeks; HR 0.62, 0.49-0.78) and 33.5
+(Lee 2015 at half dose; HR 0.83, 0.66-1.04). The two full-dose schedules are
+indistinguishable on the whole cohort: front-loading clears slightly more foci
+(0.80 against 0.83 escaped foci per patient; 55 and 57 CIK cells reach a
+patient's foci on average) and gives 63 patients a longer RFS against 40 a
+shorter one (127 equal), but the medians and hazard ratios coincide. Halving
+the dose halves the homing rate at every time and costs most of the effect: in
+this model the number of CIK cells that reach a focus, not their timing, sets
+the benefit. This is a model prediction, not a trial result; it rests on the
+in vitro potency and on the homing and foci parameters fitted to one trial."""),
 ]
 
 

@@ -410,14 +410,8 @@ class _EveryTcrRecognises(Effector):
 class _NoActivationDeath(Effector):
     """Broken: killers never die of activation-induced death."""
 
-    def kill(self) -> None:
-        target = self.target
-        target.die()
-        self.model.count_kill(self.mechanism, self.kind, target.mhc_state)
-        self.kills += 1
-        if self.mechanism == PERFORIN:
-            self.spend_granule()
-        self.release()
+    def activation_induced_death(self) -> None:
+        pass
 
 
 class _LossNotInherited(TumourCell):

@@ -12,7 +12,8 @@ objects on a Mesa grid:
   tumour cell and at most one effector per site (an effector may stand on a
   tumour cell's site);
 * every rule is a method named after it (``propose``, ``die``, ``divide``,
-  ``clear``, ``engage``, ``complete_kill``, ``regenerate_granule``, ``move``);
+  ``clear``, ``engage``, ``complete_kill``, ``activation_induced_death``,
+  ``regenerate_granule``, ``move``);
 * every per-step probability is derived again from the physical parameters of
   the scenario (:class:`StepRules`), without importing ``cikabm.convert`` or
   ``cikabm.kernels``, so that a wrong conversion there shows up as a
@@ -524,6 +525,10 @@ class Effector(CellAgent):
         if self.mechanism == PERFORIN:
             self.spend_granule()
         self.release()
+        self.activation_induced_death()
+
+    def activation_induced_death(self) -> None:
+        """Right after a kill the killer dies with probability ``p_aicd``."""
         if self.model.random.random() < self.model.rules.p_aicd:
             self.die()
 
