@@ -235,7 +235,8 @@ class KillingParams(Section):
     nkg2d_blocked: bool = param(False, "-", "Anti-NKG2D antibody present: no effector recognises through NKG2D "
                                 "(a blocking experiment).", "Pievani 2011 Blood 118:3301")
     tcr_blocked: bool = param(False, "-", "TCR/CD3 blocked: no effector recognises through its TCR "
-                              "(a blocking experiment).")
+                              "(a blocking experiment).", "experimental switch, as anti-CD3 blocking in "
+                              "Lau 2009 Immunology 126:423")
 
 
 class IfnParams(Section):
