@@ -4,8 +4,9 @@
 
     cikabm assay SCENARIO --out DIR [--et 1,3,10,30,100] [--hours 4] [--replicates N]
                  [--effectors product,tnk,...] [--blocking none,nkg2d,tcr] [--targets line,mhc_lost,mixed]
-                 [--coculture lattice,well_mixed]
-    cikabm calibrate-potency SCENARIO [--lysis 0.33] [--et 30] [--hours 4] [--replicates N] [--log FILE]
+                 [--coculture lattice,well_mixed] [--targets-per-site D]
+    cikabm calibrate-potency SCENARIO [--lysis 0.33] [--et 30] [--hours 4] [--replicates N]
+                 [--targets-per-site D] [--log FILE]
 
 Exit status as for every ``cikabm`` command: 0 success, 2 a bad scenario or
 option (nothing written), 1 the results could not be written.
@@ -92,6 +93,8 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
                      default=["line"], help="the line as it is, all MHC-I-lost, or half (default: line)")
     asy.add_argument("--coculture", metavar="LIST", type=_choice_list("--coculture", COCULTURE_CHOICES),
                      default=["lattice"], help="lattice (effectors walk) and/or well_mixed (default: lattice)")
+    asy.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
+                     default=1 / 150, help="target density of a well (default: 1 per 150 sites)")
     asy.add_argument("--no-progress", action="store_true", help="no progress bar")
     asy.set_defaults(func=cmd_assay)
 
@@ -115,6 +118,8 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
                      help="assay duration (default: 4)")
     cal.add_argument("--replicates", metavar="N", type=int_in("--replicates", 2, 1000), default=20,
                      help="replicate wells per evaluation (default: 20)")
+    cal.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
+                     default=1 / 150, help="target density of a well (default: 1 per 150 sites)")
     cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
     cal.set_defaults(func=cmd_calibrate_potency)
 
@@ -137,7 +142,7 @@ def cmd_assay(args: argparse.Namespace) -> int:
 
     scenario = _load(args.scenario)
     check_output_dir(args.out, ASSAY_FILES)
-    design = AssayDesign(hours=args.hours, replicates=args.replicates)
+    design = AssayDesign(hours=args.hours, replicates=args.replicates, targets_per_site=args.targets_per_site)
     ets = args.et or list(DEFAULT_ET)
     if max(ets) > design.max_et():
         raise UserError(f"--et {max(ets):g}: at most {design.max_et():.0f} effectors per target fit the well "
@@ -208,7 +213,7 @@ def cmd_calibrate_potency(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario)
     if args.log is not None:
         check_log_path(args.log)
-    design = AssayDesign(hours=args.hours, replicates=args.replicates)
+    design = AssayDesign(hours=args.hours, replicates=args.replicates, targets_per_site=args.targets_per_site)
     if args.et > design.max_et():
         raise UserError(f"--et {args.et:g}: at most {design.max_et():.0f} effectors per target fit the well")
     _write_stdout(f"fitting the CIK per-contact rate: {100 * args.lysis:g} % lysis at E:T {args.et:g}:1 in "

@@ -45,6 +45,7 @@ def _exit_status(argv: list[str]) -> int:
     (["--blocking", "cd3"], "--blocking"),
     (["--hours", "-1"], "--hours"),
     (["--replicates", "1"], "--replicates"),
+    (["--targets-per-site", "0.9"], "--targets-per-site"),
 ])
 def test_bad_assay_options_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "assay"
