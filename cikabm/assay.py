@@ -246,7 +246,7 @@ class AssayResult:
     def kills_per_cell(self, condition: AssayCondition, et_ratio: float) -> dict[str, dict[str, float]]:
         """Kills per effector by kind (mean over replicates, with its standard error), on all targets
         and on MHC-I-lost ones."""
-        g = self._select(condition, et_ratio)
+        g = self.wells(condition, et_ratio)
         out: dict[str, dict[str, float]] = {}
         for k in KIND_KEYS:
             n = g[f"effectors_{k}"].to_numpy(float)
@@ -262,7 +262,7 @@ class AssayResult:
 
     def lysis(self, condition: AssayCondition, et_ratio: float) -> tuple[float, float]:
         """Mean specific lysis and its standard error at one condition and E:T."""
-        x = self._select(condition, et_ratio)["specific_lysis"].to_numpy()
+        x = self.wells(condition, et_ratio)["specific_lysis"].to_numpy()
         return float(x.mean()), (float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan)
 
     def blocking_fall(self) -> pd.DataFrame:
@@ -280,7 +280,8 @@ class AssayResult:
                              "fall": 1.0 - float(r["specific_lysis"]) / float(base[key])})
         return pd.DataFrame(rows)
 
-    def _select(self, condition: AssayCondition, et_ratio: float) -> pd.DataFrame:
+    def wells(self, condition: AssayCondition, et_ratio: float) -> pd.DataFrame:
+        """The replicate wells (rows of :attr:`replicates`) of one condition at one E:T."""
         r = self.replicates
         mask = np.isclose(r["et_ratio"], et_ratio)
         for name, value in asdict(condition).items():
@@ -365,7 +366,7 @@ def scale_cik_potency(scenario: Scenario, factor: float) -> Scenario:
 class PotencyFit:
     """The fitted per-contact rate of CD3+CD56+ cells and how it was found."""
 
-    tnk_rate_per_hour: float  # effectors.tnk.nkg2d_rate_per_hour (= its tcr_rate_per_hour) after the fit
+    tnk_rate_per_hour: float  # effectors.tnk.nkg2d_rate_per_hour after the fit (its TCR rate scales alike)
     factor: float  # multiplier applied to the scenario's CIK rates
     ci_low: float  # 95 % interval of the fitted rate from the simulation noise at the fit
     ci_high: float
@@ -389,6 +390,28 @@ def calibrate_potency(scenario: Scenario, *, target_lysis: float = KIM2007_ANCHO
     finds the crossing to ``tolerance`` in log10. The interval of the fitted
     rate comes from the standard error of the mean lysis at the fit, divided by
     the local slope of lysis against ``log10(factor)`` (delta method).
+
+    Parameters
+    ----------
+    scenario : Scenario
+        The tumour line and the effector rules; its CIK rates are the starting point.
+    target_lysis : float
+        Specific lysis to reach (default: 0.33, Kim 2007).
+    et_ratio : float
+        E:T ratio of the target point (default: 30).
+    design : AssayDesign, optional
+        The wells (default: 4 h, 20 replicates of 150 targets at 1 per 150 sites).
+    log10_factor_range : tuple of float
+        Bracket of ``log10(factor)``; a target outside what it gives raises ``ValueError``.
+    tolerance : float
+        Brent's tolerance in ``log10(factor)``.
+    report : callable
+        Receives one line per evaluation.
+
+    Returns
+    -------
+    PotencyFit
+        The fitted CD3+CD56+ rate with its interval, the factor, the lysis at the fit and the history.
     """
     from scipy.optimize import brentq
 

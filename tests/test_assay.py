@@ -135,11 +135,11 @@ def test_nkg2d_blocking_leaves_tcr_killing_of_mhc_present_targets(hcc):
     res = run_assay(hcc, conditions=[mixed_open, mixed_blocked], et_ratios=[30.0, 100.0], design=design)
     for et in (30.0, 100.0):
         blocked = res.kills_per_cell(mixed_blocked, et)
-        kills = res._select(mixed_blocked, et)
+        kills = res.wells(mixed_blocked, et)
         assert kills["kills_mhc_lost"].sum() == 0  # NKG2D was their only way in
         assert kills["kills_tnk"].sum() > 10  # TCR killing of MHC-present targets remains
         assert blocked["tnk"]["kills_per_cell_mhc_present"] > 0
-        open_ = res._select(mixed_open, et)
+        open_ = res.wells(mixed_open, et)
         assert open_["kills_mhc_lost"].sum() > 10  # without blocking, CIK do kill MHC-lost targets
         assert kills["kills"].sum() < 0.5 * open_["kills"].sum()
 
@@ -148,7 +148,7 @@ def test_tcr_blocking_leaves_nkg2d_killing(hcc):
     design = AssayDesign(targets=300, replicates=4)
     cond = AssayCondition(effectors="tcell", blocking="tcr", targets="mixed")
     res = run_assay(hcc, conditions=[cond], et_ratios=[100.0], design=design)
-    wells = res._select(cond, 100.0)
+    wells = res.wells(cond, 100.0)
     assert wells["kills_tcell_mhc_lost"].sum() > 0  # NKG2D of CD3+CD56- cells still works
 
 
@@ -158,14 +158,14 @@ def test_tnk_kill_more_per_cell_than_tcell_by_the_documented_ratio(hcc):
     design = AssayDesign(targets=600, hours=4.0, replicates=16)
     tnk, tcell = AssayCondition(effectors="tnk"), AssayCondition(effectors="tcell")
     res = run_assay(hcc, conditions=[tnk, tcell], et_ratios=[10.0], design=design)
-    k_tnk = res._select(tnk, 10.0)["kills_tnk"].sum()
-    k_tcell = res._select(tcell, 10.0)["kills_tcell"].sum()
+    k_tnk = res.wells(tnk, 10.0)["kills_tnk"].sum()
+    k_tcell = res.wells(tcell, 10.0)["kills_tcell"].sum()
     n = 10 * design.targets * design.replicates  # effectors of each subset, over the replicates
     ratio = (k_tnk / n) / (k_tcell / n)
     sd_log = math.sqrt(1 / k_tnk + 1 / k_tcell)  # Poisson counts
     print(f"kills per cell: tnk {k_tnk / n:.4f}, tcell {k_tcell / n:.4f}, ratio {ratio:.2f} "
           f"(documented {TNK_OVER_TCELL_POTENCY:g}, sd of log {sd_log:.3f})")
-    assert res._select(tnk, 10.0)["dead_fraction"].mean() < 0.25  # few targets used up
+    assert res.wells(tnk, 10.0)["dead_fraction"].mean() < 0.25  # few targets used up
     assert abs(math.log(ratio / TNK_OVER_TCELL_POTENCY)) < 4 * sd_log + 0.05  # target depletion: < 5 %
     assert ratio > 2.0
 
@@ -175,7 +175,7 @@ def test_nk_kill_more_mhc_lost_than_mhc_present_targets(hcc):
     design = AssayDesign(targets=600, replicates=6)
     cond = AssayCondition(effectors="nk", targets="mixed")
     res = run_assay(hcc, conditions=[cond], et_ratios=[10.0], design=design)
-    w = res._select(cond, 10.0)
+    w = res.wells(cond, 10.0)
     lost_targets = w["n_targets_mhc_lost"].sum()
     present_targets = w["n_targets"].sum() - lost_targets
     k_lost = w["kills_nk_mhc_lost"].sum()
