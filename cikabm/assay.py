@@ -64,6 +64,10 @@ BLOCKING_CHOICES: tuple[str, ...] = ("none", "nkg2d", "tcr")
 TARGET_CHOICES: tuple[str, ...] = ("line", "mhc_lost", "mixed")
 COCULTURE_CHOICES: tuple[str, ...] = ("lattice", "well_mixed")
 
+#: Targets per lattice site of a well, by default (a monolayer co-culture; see docs/model.md on what
+#: the fitted potency owes to this choice).
+DEFAULT_TARGETS_PER_SITE = 1.0 / 150.0
+
 #: Most of the lattice effectors may fill (one effector per site): beyond it they jam.
 MAX_EFFECTOR_DENSITY = 0.9
 
@@ -106,7 +110,7 @@ class AssayDesign:
 
     hours: float = 4.0
     targets: int = 150
-    targets_per_site: float = 1.0 / 150.0
+    targets_per_site: float = DEFAULT_TARGETS_PER_SITE
     replicates: int = 10
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cikabm.assay import NKG2D_BLOCKING_SOURCE
+from cikabm.assay import DEFAULT_TARGETS_PER_SITE, NKG2D_BLOCKING_SOURCE
 
 #: Files ``cikabm assay`` writes into its output directory.
 ASSAY_FILES = ("assay.csv", "replicates.csv", "assay.png", "summary.json")
@@ -94,7 +94,7 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
     asy.add_argument("--coculture", metavar="LIST", type=_choice_list("--coculture", COCULTURE_CHOICES),
                      default=["lattice"], help="lattice (effectors walk) and/or well_mixed (default: lattice)")
     asy.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
-                     default=1 / 150, help="target density of a well (default: 1 per 150 sites)")
+                     default=DEFAULT_TARGETS_PER_SITE, help="target density of a well (default: 1 per 150 sites)")
     asy.add_argument("--no-progress", action="store_true", help="no progress bar")
     asy.set_defaults(func=cmd_assay)
 
@@ -119,7 +119,7 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
     cal.add_argument("--replicates", metavar="N", type=int_in("--replicates", 2, 1000), default=20,
                      help="replicate wells per evaluation (default: 20)")
     cal.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
-                     default=1 / 150, help="target density of a well (default: 1 per 150 sites)")
+                     default=DEFAULT_TARGETS_PER_SITE, help="target density of a well (default: 1 per 150 sites)")
     cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
     cal.set_defaults(func=cmd_calibrate_potency)
 
@@ -204,6 +204,17 @@ def assay_text(table: Any, out: Path | None = None, fall: Any = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calibrate_potency_command(args: argparse.Namespace) -> str:
+    """The ``cikabm calibrate-potency`` command line that reproduces a fit (recorded in its log)."""
+    parts = ["cikabm calibrate-potency", str(args.scenario), f"--lysis {args.lysis:g}", f"--et {args.et:g}",
+             f"--hours {args.hours:g}", f"--replicates {args.replicates}"]
+    if args.targets_per_site != DEFAULT_TARGETS_PER_SITE:
+        parts.append(f"--targets-per-site {args.targets_per_site:g}")
+    if args.log is not None:
+        parts.append(f"--log {args.log}")
+    return " ".join(parts)
+
+
 def cmd_calibrate_potency(args: argparse.Namespace) -> int:
     """``cikabm calibrate-potency``: fit the CIK per-contact rate to a published lysis."""
     from cikabm.assay import AssayDesign, calibrate_potency
@@ -225,7 +236,7 @@ def cmd_calibrate_potency(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     if args.log is not None:
         record = to_jsonable(fit.__dict__)
-        record["command"] = "cikabm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate-potency"] else None
+        record["command"] = calibrate_potency_command(args)
         atomic_write_json(args.log, record)
     _write_stdout(
         f"fitted: CD3+CD56+ per-contact rate {fit.tnk_rate_per_hour:.4g}/h (95 % CI {fit.ci_low:.4g}-"

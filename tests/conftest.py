@@ -15,6 +15,8 @@ import make_scenario``) or take them as fixtures (``build_scenario``,
   all), then ``base``, then ``sections``, each merged over the one before.
 * ``run_scenario(sc, seed=..., patient=..., threads=...)`` runs it and returns
   the ``(Simulation, Results.to_frame())`` pair.
+* ``no_engagement_probability(sites, reach, effectors, q)``: the chance that
+  none of ``effectors`` well-mixed effectors engages a lone cell in a sub-step.
 * ``inject_effectors(sim, kind, count, granules)`` places ``count`` effectors of
   one kind on random free sites through :func:`cikabm.kernels.core.add_effector`,
   the only way to start with a fixed effector population.
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from cikabm import Simulation, scenario_from_dict
 from cikabm.kernels import core
@@ -92,6 +95,20 @@ def closed_neighbourhood_sizes(sim: Simulation, sites: np.ndarray) -> np.ndarray
     geom = sim.disc.geometry
     nbh = sites[:, None] + geom.offsets[None, :]
     return (sim.lattice.cell[nbh] != core.WALL).sum(axis=1)
+
+
+def no_engagement_probability(sites: int, reach: int, effectors: int, q: float) -> float:
+    """Chance that a lone tumour cell is engaged by none of ``effectors`` well-mixed effectors
+    in one sub-step.
+
+    Effectors stand on distinct sites drawn at random from ``sites``; ``reach``
+    of them (the cell's own site and its interior neighbours) can engage the
+    cell, each with probability ``q = 1 - exp(-rate dt_sub)``. The number
+    within reach is hypergeometric, so the answer is ``E[(1 - q)^K]``.
+    """
+    k = np.arange(reach + 1)
+    pmf = stats.hypergeom(sites, reach, effectors).pmf(k)
+    return float((pmf * (1.0 - q) ** k).sum())
 
 
 @pytest.fixture

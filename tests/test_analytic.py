@@ -30,29 +30,15 @@ from conftest import (
     live_count,
     make_scenario,
     merge,
+    no_engagement_probability,
     run_scenario,
 )
-from scipy import stats
 
 from cikabm import Simulation
 from cikabm.kernels import core
 
 KINDS = ("tnk", "tcell", "nk", "ctl")
 ALL_STILL = {k: STILL for k in KINDS}
-
-
-def no_engagement_probability(sites: int, reach: int, effectors: int, q: float) -> float:
-    """Chance that a lone tumour cell is engaged by none of ``effectors`` well-mixed effectors
-    in one sub-step.
-
-    Effectors stand on distinct sites drawn at random from ``sites``; ``reach``
-    of them (the cell's own site and its interior neighbours) can engage the
-    cell, each with probability ``q = 1 - exp(-rate dt_sub)``. The number
-    within reach is hypergeometric, so the answer is ``E[(1 - q)^K]``.
-    """
-    k = np.arange(reach + 1)
-    pmf = stats.hypergeom(sites, reach, effectors).pmf(k)
-    return float((pmf * (1.0 - q) ** k).sum())
 
 
 # ------------------------------------------------------------------ check 1: pure growth

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import closed_neighbourhood_sizes
-from scipy import stats
+from conftest import closed_neighbourhood_sizes, no_engagement_probability
 
 from cikabm import load_scenario
 from cikabm.assay import (
@@ -114,8 +113,7 @@ def test_well_mixed_assay_follows_exponential_lysis(hcc):
         n = design.targets * design.replicates
         e = round(et * design.targets)
         # exact: a target survives a sub-step when none of the effectors in reach engages it
-        p_none = {r: float((stats.hypergeom(sites, r, e).pmf(np.arange(r + 1)) * (1 - q) ** np.arange(r + 1)).sum())
-                  for r in np.unique(reach)}
+        p_none = {r: no_engagement_probability(sites, r, e, q) for r in np.unique(reach)}
         p_dead = np.array([1 - p_none[r] ** n_sub for r in reach])
         exact = design.replicates * p_dead.sum()
         sd = math.sqrt(design.replicates * (p_dead * (1 - p_dead)).sum())
