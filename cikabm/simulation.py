@@ -328,10 +328,11 @@ class Simulation:
         prm = self.disc.params
         granules = prm.granules_initial if granules is None else int(granules)
         key = np.uint64(core.stream_key(self.seed, self.patient, self.step, salt))
+        match_key = np.uint64(core.tcr_match_key(self.seed, self.patient))
         placed = 0
         for _ in range(int(count)):
             placed += bool(core.add_effector(self.lattice, self.effectors, self.counters, self.disc.geometry,
-                                             kind, granules, self.step, key, 256, self.seed, self.patient,
+                                             kind, granules, self.step, key, 256, match_key,
                                              prm.thr_tcr_match[kind]))
         return placed
 

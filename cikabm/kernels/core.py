@@ -24,7 +24,8 @@ Step order (one call of :func:`run_steps` repeats it)
    a fixed order; the target's own draw picks the winner, which writes the
    daughter. Dead cells are cleared here.
 4. Effectors, in ``n_sub`` motility sub-steps: death (first sub-step), kill
-   completion, granule regeneration, recognition and engagement, movement.
+   completion (then activation-induced death), granule regeneration,
+   recognition and engagement, movement.
    Effectors are bucketed by colour class (z mod 3, y mod 3, x mod 3) and the
    classes run in order; members of one class are at least 3 sites apart, so
    their radius-1 neighbourhoods never overlap. In parallel, strips of the
@@ -1270,7 +1271,7 @@ class EffectorWork(NamedTuple):
     state: np.ndarray  # int64[5]: see _LISTS_VALID and below
     kf: np.ndarray  # float64[N_KINDS, 3]: the rules' parameters, unpacked (_effector_tables)
     ku: np.ndarray  # uint64[N_KINDS + 1, 3]
-    thr: np.ndarray  # uint64[6]
+    thr: np.ndarray  # uint64[7]
     ff: np.ndarray  # float64[3]
     level: np.ndarray  # float64[512]
     keys: np.ndarray  # uint64[8]: the draw keys of one sub-step
@@ -1489,17 +1490,23 @@ def compact_effectors(eff, counters):
 
 
 @njit(cache=True)
-def tcr_match_of(seed, patient, uid, thr_match):
-    """1 when effector ``uid``'s TCR clone recognises the tumour (a draw keyed on the cell alone)."""
-    return np.uint8(1) if hit(draw(stream_key(seed, patient, 0, P_TCR_MATCH), uid), thr_match) else np.uint8(0)
+def tcr_match_key(seed, patient):
+    """Key of the TCR-clone draws: one per patient, so a cell's clone depends on its uid alone."""
+    return stream_key(seed, patient, 0, P_TCR_MATCH)
+
+
+@njit(cache=True, inline="always")
+def tcr_match_of(key, uid, thr_match):
+    """1 when effector ``uid``'s TCR clone recognises the tumour (``key``: :func:`tcr_match_key`)."""
+    return np.uint8(1) if hit(draw(key, uid), thr_match) else np.uint8(0)
 
 
 @njit(cache=True)
-def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries, seed, patient, thr_match):
+def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries, match_key, thr_match):
     """Place one arriving effector on a random free site; False if none found.
 
     Its TCR clone recognises the tumour with the probability of threshold
-    ``thr_match`` (:func:`tcr_match_of`), decided once, at arrival.
+    ``thr_match`` (:func:`tcr_match_of` under ``match_key``), decided once, at arrival.
     """
     n_eff = counters[0]
     if n_eff >= eff.pos.shape[0]:
@@ -1521,7 +1528,7 @@ def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries
             eff.uid[n_eff] = uid
             eff.born[n_eff] = step
             eff.alive[n_eff] = 1
-            eff.tcr_match[n_eff] = tcr_match_of(seed, patient, uid, thr_match)
+            eff.tcr_match[n_eff] = tcr_match_of(match_key, uid, thr_match)
             counters[0] = n_eff + 1
             return True
     counters[2] += 1
@@ -1538,6 +1545,7 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
     """
     key = stream_key(seed, patient, step, P_ARRIVAL)
     key_kind = stream_key(seed, patient, step, P_ARRIVAL_KIND)
+    key_match = tcr_match_key(seed, patient)
     n_cik = poisson(stream_key(seed, patient, 2 * step, P_POISSON), mean_cik)
     n_ctl = poisson(stream_key(seed, patient, 2 * step + 1, P_POISSON), mean_ctl)
     free = eff.pos.shape[0] - (counters[0] - n_dead)
@@ -1560,7 +1568,7 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
                     break
         else:
             kind = KIND_CTL
-        if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32, seed, patient,
+        if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32, key_match,
                         prm.thr_tcr_match[kind]):
             arrivals[kind] += 1
     return n_dead
