@@ -27,15 +27,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cikabm.params import parameter_rows
+from cikabm.params import markdown_table, parameter_rows
 
 #: The opening marker of a generated table: ``<!-- params: PREFIX[,PREFIX...] -->``.
 OPEN_MARKER = re.compile(r"^<!-- params: (?P<prefixes>[^>]*?) -->$")
 #: The closing marker of a generated table.
 CLOSE_MARKER = "<!-- /params -->"
-
-COLUMNS = ("name", "meaning", "unit", "default", "range", "source")
-
 
 def parse_prefixes(text: str) -> list[str]:
     """The prefixes of an opening marker's list, e.g. ``"product., dosing."`` -> ``["product.", "dosing."]``."""
@@ -64,20 +61,12 @@ def matching_rows(prefixes: Iterable[str], rows: Sequence[dict[str, str]] | None
     return [r for r in rows if any(_selects(p, r["name"]) for p in prefixes)]
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def parameter_table(prefixes: Iterable[str], rows: Sequence[dict[str, str]] | None = None) -> str:
     """A Markdown table (name, meaning, unit, default, range, source) of the parameters under ``prefixes``.
 
     Returns the table's lines joined by newlines, without a final newline.
     """
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in matching_rows(prefixes, rows):
-        cells = [f"`{r['name']}`", *(r[c] for c in COLUMNS[1:])]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(matching_rows(prefixes, rows), code_names=True)
 
 
 def render_model_doc(text: str, rows: Sequence[dict[str, str]] | None = None) -> str:

@@ -428,10 +428,22 @@ def parameter_reference() -> str:
         "scenario (`cikabm trial`, which needs a `[trial]` table) adds `trial`, `arms`, `cohort`, "
         "`adjuvant`, `advanced` and `outcomes`, and its arms replace `dosing`.",
         "",
-        "| name | meaning | unit | default | range | source |",
-        "|---|---|---|---|---|---|",
+        markdown_table(parameter_rows()),
     ]
-    for r in parameter_rows():
-        cells = [r["name"], r["meaning"], r["unit"], r["default"], r["range"], r["source"]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+#: The columns of a parameter table, in order.
+TABLE_COLUMNS = ("name", "meaning", "unit", "default", "range", "source")
+
+
+def markdown_table(rows: list[dict[str, str]], *, code_names: bool = False) -> str:
+    """Parameter rows as a Markdown table (the one formatter of docs/parameters.md and docs/model.md).
+
+    ``code_names`` sets the names in backticks. No final newline.
+    """
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in rows:
+        cells = [f"`{r['name']}`" if code_names else r["name"], *(r[c] for c in TABLE_COLUMNS[1:])]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines)
