@@ -204,12 +204,13 @@ def _well(scenario: Scenario, condition: AssayCondition, design: AssayDesign, et
           replicate: int) -> dict[str, Any]:
     """Run one well; its counts at the end."""
     from cikabm.kernels.core import LIVE
+    from cikabm.simulation import record_columns
 
     sim, placed = assay_simulation(scenario, condition, design, et_ratio, replicate)
     lost0 = int(np.count_nonzero((sim.lattice.cell == LIVE) & (sim.lattice.mhc_lost == 1)))
     n0 = int(np.count_nonzero(sim.lattice.cell == LIVE))
-    frame = sim.run(progress=False, n_snapshots=0).to_frame()
-    last = frame.iloc[-1]
+    sim.run(progress=False, n_snapshots=0)
+    last = {name: values[0] for name, values in record_columns(sim.records[-1:]).items()}  # the final counts
     row: dict[str, Any] = {"n_targets": n0, "n_targets_mhc_lost": lost0,
                            "dead": n0 - int(last["tumour_total"]), "kills": int(last["kills_total"])}
     for key in KIND_KEYS:
