@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from cikabm.bench import cpu_model
 from cikabm.bench import machine_info as _machine_info
 
-__all__ = ["cpu_model", "machine_info"]
+__all__ = ["cpu_model", "machine_info", "write_report"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -24,3 +27,12 @@ def machine_info() -> dict[str, Any]:
     except ValueError:
         info["threading_layer"] = "(not started)"
     return info
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")

@@ -21,13 +21,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info
+from machine import machine_info, write_report
 
 import cikabm
 from cikabm.scenario import load_scenario
@@ -125,15 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         "note": ("wall time of run_trial into a temporary directory: simulation, chunk files, "
                  "patients.parquet, summary.json and KM plots; for workers > 1 it includes starting "
                  "the local Dask cluster and the workers' kernel-cache load. Patients differ in cost "
-                 "(number of foci, time to escape), so a shortened cohort (shortened = true) is the "
+                 "(number of lesions, time on the lattice), so a shortened cohort (shortened = true) is the "
                  "first N patients and its rate is only roughly comparable with the full cohort's."),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -1,127 +1,248 @@
-"""Calibration of a virtual adjuvant trial to published RFS.
+"""Calibration of a virtual adjuvant trial to published RFS, over replicate cohorts.
 
-The procedure is deliberately simple and rerunnable (``cikabm calibrate``):
+``cikabm calibrate`` fits the free clinical parameters in two stages, each
+with a library optimiser, on the pooled patients of several virtual cohorts
+(seeds :func:`calibration_seeds`, never the trial's own seed, so that the
+trial run afterwards is out of sample):
 
-1. **Control arm.** Bisection on ``log10(adjuvant.escape_physical_cells)``
-   until the control arm's Kaplan-Meier median RFS equals the target. A larger
-   escaped focus is detected sooner, so the median falls monotonically.
-2. **Treatment arm.** Bisection on ``log10(homing.cik_per_site_per_day)``
-   until the Cox hazard ratio of RFS (treatment vs control) equals the target:
-   more homing, more CIK in the foci, a smaller hazard ratio.
+1. **Control arm** (``scipy.optimize.minimize``, Nelder-Mead): ``log10`` of
+   ``adjuvant.foci_mean_at_5cm`` (the burden of micrometastases, the early
+   source) and of ``adjuvant.de_novo_per_year`` (the late source), to the
+   control arm's Kaplan-Meier median RFS and its 5-year recurrence-or-death
+   (one minus RFS at 5 years).
+2. **Treatment arm** (``scipy.optimize.brentq``): ``log10`` of
+   ``homing.cik_per_site_per_day`` until the Cox hazard ratio of RFS
+   (treatment vs control) equals the target: more homing, more CIK cells in
+   every lesion, a smaller hazard ratio. Only the treatment arm is rerun.
 
-Every evaluation runs the whole cohort with the scenario's seed, so the same
-virtual patients are used throughout (common random numbers make the
-objective deterministic and the bisection well defined). Only RFS is a
-target; OS is reported as a prediction.
+Common random numbers make each objective deterministic. The uncertainty of
+the fitted values is their spread over the cohorts: the same two stages are
+rerun on each cohort alone (from the pooled fit). Only RFS is a target; OS,
+cancer-specific survival, subgroups and other trials are predictions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cikabm.trial_params import TrialScenario
 
+#: Seeds of the calibration cohorts: ``CALIBRATION_SEED_BASE + i``.
+CALIBRATION_SEED_BASE = 10_000
+#: Landmark (months) of the 5-year recurrence target: the last follow-up time
+#: before 60 months, so that a 60-month follow-up reaches it.
+FIVE_YEARS_MONTHS = 59.9
+
+#: Bounds of the control stage's log10 parameters (foci_mean_at_5cm, de_novo_per_year).
+LOG10_LOW = np.array([-1.5, -2.5])
+LOG10_HIGH = np.array([1.5, 0.0])
+
+RunCohort = Callable[[TrialScenario, int, int], pd.DataFrame]
+
+
+def calibration_seeds(n_cohorts: int) -> list[int]:
+    """Seeds of ``n_cohorts`` calibration cohorts."""
+    return [CALIBRATION_SEED_BASE + i for i in range(n_cohorts)]
+
 
 @dataclass
 class CalibrationResult:
-    """Fitted values, the trajectory of the search, and the final cohort's statistics."""
+    """Fitted values with their spread over cohorts, the search history, and the fit's statistics."""
 
-    escape_physical_cells: float
+    foci_mean_at_5cm: float
+    de_novo_per_year: float
     cik_per_site_per_day: float
     control_median_months: float | None
-    treatment_median_months: float | None
+    five_year_recurrence: float
     hazard_ratio: float | None
+    seeds: list[int]
+    patients_per_cohort: int
+    per_cohort: list[dict[str, Any]] = field(default_factory=list)
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
 
 
-def _evaluate(ts: TrialScenario, n_patients: int, arms: list[str], run_cohort: Callable) -> dict[str, Any]:
+def with_values(ts: TrialScenario, *, foci: float | None = None, de_novo: float | None = None,
+                homing: float | None = None) -> TrialScenario:
+    """``ts`` with the calibrated parameters replaced (those given)."""
+    adj = {k: v for k, v in (("foci_mean_at_5cm", foci), ("de_novo_per_year", de_novo)) if v is not None}
+    update: dict[str, Any] = {"adjuvant": ts.adjuvant.model_copy(update=adj)}
+    if homing is not None:
+        update["homing"] = ts.homing.model_copy(update={"cik_per_site_per_day": homing})
+    return ts.model_copy(update=update)
+
+
+def rfs_statistics(frame: pd.DataFrame, control: str, treatment: str | None = None, *,
+                   median_months: float | None = None) -> dict[str, Any]:
+    """Control median RFS, control 5-year recurrence-or-death, and the RFS hazard ratio.
+
+    With ``median_months``, also the control arm's RFS at that time (0.5 when
+    it is the median: a smooth stand-in for the median, defined even when the
+    median is not reached).
+    """
     from lifelines import CoxPHFitter, KaplanMeierFitter
 
-    sub = ts.model_copy(update={"arms": [a for a in ts.arms if a.name in arms]})
-    frame: pd.DataFrame = run_cohort(sub, n_patients)
-    result: dict[str, Any] = {}
-    for arm, group in frame.groupby("arm", sort=False):
-        kmf = KaplanMeierFitter().fit(group["rfs_months"], group["rfs_event"])
-        median = kmf.median_survival_time_
-        result[f"median_{arm}"] = None if math.isinf(median) else float(median)
-    if len(arms) == 2:
-        data = frame.assign(treated=(frame["arm"] == arms[1]).astype(int))[["rfs_months", "rfs_event", "treated"]]
-        cox = CoxPHFitter().fit(data, "rfs_months", "rfs_event")
-        result["hr"] = float(math.exp(cox.params_["treated"]))
-    return result
+    ctl = frame[frame["arm"] == control]
+    kmf = KaplanMeierFitter().fit(ctl["rfs_months"], ctl["rfs_event"])
+    median = kmf.median_survival_time_
+    out: dict[str, Any] = {"median_control": None if math.isinf(median) else float(median),
+                           "five_year_recurrence": float(1.0 - kmf.predict(FIVE_YEARS_MONTHS))}
+    if median_months is not None:
+        out["rfs_at_target_median"] = float(kmf.predict(median_months))
+    if treatment is not None:
+        sub = frame[frame["arm"].isin([control, treatment])]
+        data = pd.DataFrame({"T": sub["rfs_months"], "E": sub["rfs_event"],
+                             "treated": (sub["arm"] == treatment).astype(int)})
+        out["hr"] = float(math.exp(CoxPHFitter().fit(data, "T", "E").params_["treated"]))
+        trt = frame[frame["arm"] == treatment]
+        tm = KaplanMeierFitter().fit(trt["rfs_months"], trt["rfs_event"]).median_survival_time_
+        out["median_treatment"] = None if math.isinf(tm) else float(tm)
+    return out
 
 
-def _bisect(f: Callable[[float], float], lo: float, hi: float, iterations: int) -> float:
-    """Root of an increasing ``f`` on [lo, hi] by bisection (returns the midpoint)."""
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if f(mid) < 0:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+class _Fitter:
+    """Both stages on the pooled patients of ``seeds``."""
+
+    def __init__(self, ts: TrialScenario, run_cohort: RunCohort, seeds: Sequence[int], n: int,
+                 treatment: str, report: Callable[[str], None], history: list[dict[str, Any]]):
+        self.ts, self.run, self.seeds, self.n = ts, run_cohort, list(seeds), n
+        self.control, self.treatment = ts.trial.reference_arm, treatment
+        self.report, self.history = report, history
+        self.evaluations = 0
+
+    def cohorts(self, ts: TrialScenario, arm: str) -> pd.DataFrame:
+        sub = ts.model_copy(update={"arms": [a for a in ts.arms if a.name == arm]})
+        self.evaluations += 1
+        return pd.concat([self.run(sub, self.n, s).assign(cohort=s) for s in self.seeds], ignore_index=True)
+
+    def control_stage(self, targets: tuple[float, float], x0: np.ndarray, max_evaluations: int
+                      ) -> tuple[np.ndarray, pd.DataFrame]:
+        from scipy.optimize import minimize
+
+        median_target, rec_target = targets
+        cache: dict[tuple[float, float], tuple[np.ndarray, pd.DataFrame]] = {}
+
+        def residuals(x: np.ndarray) -> np.ndarray:
+            key = (round(float(x[0]), 6), round(float(x[1]), 6))
+            if key not in cache:
+                ts = with_values(self.ts, foci=10 ** x[0], de_novo=10 ** x[1])
+                frame = self.cohorts(ts, self.control)
+                st = rfs_statistics(frame, self.control, median_months=median_target)
+                res = np.array([(st["rfs_at_target_median"] - 0.5) / 0.03,
+                                (st["five_year_recurrence"] - rec_target) / 0.03])
+                cache[key] = (res, frame)
+                self.history.append({"stage": "control", "foci_mean_at_5cm": 10 ** x[0],
+                                     "de_novo_per_year": 10 ** x[1], **st})
+                self.report(f"  foci_mean_at_5cm = {10 ** x[0]:.3g}, de_novo_per_year = {10 ** x[1]:.3g}: "
+                            f"control median RFS {_fmt(st['median_control'])} months, 5-year recurrence "
+                            f"{st['five_year_recurrence']:.1%}")
+            return cache[key][0]
+
+        # Common random numbers make the residuals deterministic but stepwise (one patient more or
+        # less), so a derivative-free simplex search, started 0.3 (log10) wide.
+        simplex = np.array([x0, x0 + np.array([0.3, 0.0]), x0 + np.array([0.0, 0.3])])
+        fit = minimize(lambda x: float(np.sum(residuals(np.clip(x, LOG10_LOW, LOG10_HIGH)) ** 2)), x0,
+                       method="Nelder-Mead", options={"initial_simplex": simplex, "maxfev": max_evaluations,
+                                                      "xatol": 0.02, "fatol": 0.5})
+        x = np.clip(fit.x, LOG10_LOW, LOG10_HIGH)
+        residuals(x)
+        return x, cache[(round(float(x[0]), 6), round(float(x[1]), 6))][1]
+
+    def treatment_stage(self, ts: TrialScenario, control_frame: pd.DataFrame, hr_target: float,
+                        bracket: tuple[float, float]) -> tuple[float, dict[str, Any]]:
+        from scipy.optimize import brentq
+
+        stats: dict[float, dict[str, Any]] = {}
+
+        def gap(log_homing: float) -> float:
+            if log_homing in stats:
+                return stats[log_homing]["hr"] - hr_target
+            frame = self.cohorts(with_values(ts, homing=10 ** log_homing), self.treatment)
+            st = rfs_statistics(pd.concat([control_frame, frame], ignore_index=True), self.control,
+                                self.treatment)
+            stats[log_homing] = st
+            self.history.append({"stage": "treatment", "cik_per_site_per_day": 10 ** log_homing, **st})
+            self.report(f"  cik_per_site_per_day = {10 ** log_homing:.3g}: HR {st['hr']:.3f}")
+            return st["hr"] - hr_target  # falls as homing grows
+
+        lo, hi = bracket
+        g_lo, g_hi = gap(lo), gap(hi)
+        if g_lo < 0 or g_hi > 0:
+            raise ValueError(f"homing bracket 10^{lo:g}-10^{hi:g} per site per day gives HR "
+                             f"{stats[lo]['hr']:.3f}-{stats[hi]['hr']:.3f}, which does not contain {hr_target}")
+        root = brentq(gap, lo, hi, xtol=0.02)
+        if root not in stats:
+            gap(root)
+        return root, stats[root]
 
 
-def calibrate_adjuvant(ts: TrialScenario, run_cohort: Callable[[TrialScenario, int], pd.DataFrame], *,
-                       control_median_months: float, hazard_ratio: float, treatment_arm: str,
-                       n_patients: int | None = None, iterations: int = 7,
-                       log10_escape_range: tuple[float, float] = (5.0, 8.5),
-                       log10_homing_range: tuple[float, float] = (-15.5, -11.0),
+def _fmt(x: float | None) -> str:
+    return "NR" if x is None else f"{x:.1f}"
+
+
+def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_median_months: float,
+                       five_year_recurrence: float, hazard_ratio: float, treatment_arm: str,
+                       n_cohorts: int = 4, n_patients: int | None = None, max_evaluations: int = 14,
+                       log10_homing_range: tuple[float, float] = (-13.0, -9.0), per_cohort: bool = True,
                        report: Callable[[str], None] = print) -> CalibrationResult:
-    """Fit ``escape_physical_cells`` and ``cik_per_site_per_day`` to RFS targets.
+    """Fit the lesion burden, the de novo rate and the CIK homing to RFS targets.
 
     Parameters
     ----------
     ts : TrialScenario
         The trial; its reference arm is the control.
     run_cohort : callable
-        ``run_cohort(ts, n_patients) -> DataFrame`` of patient rows (see
-        :func:`cikabm.trial.simulate_chunk`); lets the caller parallelise.
-    control_median_months, hazard_ratio : float
-        Targets: control median RFS and RFS hazard ratio of the treatment arm.
+        ``run_cohort(ts, n_patients, seed) -> DataFrame`` of patient rows
+        (see :class:`cikabm.trial.CohortRunner`); lets the caller parallelise.
+    control_median_months, five_year_recurrence, hazard_ratio : float
+        Targets: the control arm's median RFS and 5-year recurrence-or-death,
+        and the RFS hazard ratio of the treatment arm.
     treatment_arm : str
         Name of the treated arm.
+    n_cohorts : int
+        Replicate cohorts pooled in the fit (each ``n_patients``, default the trial's size).
+    max_evaluations : int
+        Most evaluations of the control stage's optimiser.
+    per_cohort : bool
+        Refit on each cohort alone, for the spread of the fitted values.
     """
     n = ts.trial.patients if n_patients is None else n_patients
-    control = ts.trial.reference_arm
+    seeds = calibration_seeds(n_cohorts)
     history: list[dict[str, Any]] = []
-
-    def with_values(escape: float, homing: float) -> TrialScenario:
-        return ts.model_copy(update={
-            "adjuvant": ts.adjuvant.model_copy(update={"escape_physical_cells": escape}),
-            "homing": ts.homing.model_copy(update={"cik_per_site_per_day": homing}),
-        })
-
-    def control_gap(log_escape: float) -> float:
-        res = _evaluate(with_values(10**log_escape, ts.homing.cik_per_site_per_day), n, [control], run_cohort)
-        median = res[f"median_{control}"]
-        history.append({"stage": "control", "escape_physical_cells": 10**log_escape, **res})
-        report(f"  escape_physical_cells = {10**log_escape:.3g}: control median RFS "
-               f"{'NR' if median is None else f'{median:.1f}'} months")
-        # increasing in log_escape: target - median (median falls as escape grows); NR counts as long
-        return control_median_months - (1e9 if median is None else median)
-
-    report(f"stage 1: control median RFS -> {control_median_months} months")
-    log_escape = _bisect(control_gap, *log10_escape_range, iterations)
-    escape = 10**log_escape
-
-    def hr_gap(log_homing: float) -> float:
-        res = _evaluate(with_values(escape, 10**log_homing), n, [control, treatment_arm], run_cohort)
-        history.append({"stage": "treatment", "escape_physical_cells": escape,
-                        "cik_per_site_per_day": 10**log_homing, **res})
-        report(f"  cik_per_site_per_day = {10**log_homing:.3g}: HR {res['hr']:.3f}")
-        return hazard_ratio - res["hr"]  # HR falls as homing grows
-
+    fitter = _Fitter(ts, run_cohort, seeds, n, treatment_arm, report, history)
+    x0 = np.log10([ts.adjuvant.foci_mean_at_5cm, max(ts.adjuvant.de_novo_per_year, 0.01)])
+    report(f"stage 1 ({n_cohorts} cohorts x {n} patients): control median RFS -> {control_median_months} months, "
+           f"5-year recurrence -> {five_year_recurrence:.0%}")
+    x, control_frame = fitter.control_stage((control_median_months, five_year_recurrence), x0, max_evaluations)
+    fitted = with_values(ts, foci=10 ** x[0], de_novo=10 ** x[1])
     report(f"stage 2: RFS hazard ratio -> {hazard_ratio}")
-    homing = 10 ** _bisect(hr_gap, *log10_homing_range, iterations)
-    final = _evaluate(with_values(escape, homing), n, [control, treatment_arm], run_cohort)
-    return CalibrationResult(
-        escape_physical_cells=escape, cik_per_site_per_day=homing,
-        control_median_months=final.get(f"median_{control}"),
-        treatment_median_months=final.get(f"median_{treatment_arm}"),
-        hazard_ratio=final.get("hr"), history=history)
+    log_homing, final = fitter.treatment_stage(fitted, control_frame, hazard_ratio, log10_homing_range)
+    result = CalibrationResult(
+        foci_mean_at_5cm=float(10 ** x[0]), de_novo_per_year=float(10 ** x[1]),
+        cik_per_site_per_day=float(10 ** log_homing), control_median_months=final["median_control"],
+        five_year_recurrence=final["five_year_recurrence"], hazard_ratio=final["hr"], seeds=seeds,
+        patients_per_cohort=n, history=history)
+    if per_cohort and n_cohorts > 1:
+        for seed in seeds:
+            report(f"cohort {seed} alone:")
+            one = _Fitter(fitted, run_cohort, [seed], n, treatment_arm, report, history)
+            xs, frame = one.control_stage((control_median_months, five_year_recurrence), x, max_evaluations)
+            lh, st = one.treatment_stage(with_values(fitted, foci=10 ** xs[0], de_novo=10 ** xs[1]), frame,
+                                         hazard_ratio, (log_homing - 1.0, log_homing + 1.0))
+            fitter.evaluations += one.evaluations
+            result.per_cohort.append({"seed": seed, "foci_mean_at_5cm": float(10 ** xs[0]),
+                                      "de_novo_per_year": float(10 ** xs[1]),
+                                      "cik_per_site_per_day": float(10 ** lh), **st})
+        for name in ("foci_mean_at_5cm", "de_novo_per_year", "cik_per_site_per_day"):
+            logs = np.log10([c[name] for c in result.per_cohort])
+            result.spread[name] = {"log10_sd": float(logs.std(ddof=1)), "min": float(10 ** logs.min()),
+                                   "max": float(10 ** logs.max())}
+    result.evaluations = fitter.evaluations
+    return result

@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter)
     tri.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
     tri.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    tri.add_argument("--replicates", metavar="N", type=_int_in("--replicates", 1, 1000), default=None,
+                     help="run N trials of the scenario's size on new cohorts (seeds SEED, SEED+1, ...) into "
+                          "DIR/replicate_<r>, and write the distribution of medians, hazard ratios and "
+                          "p-values and the in-silico power to DIR/replicates.json, .csv and "
+                          "hr_replicates.png")
     _add_cohort_options(tri)
     tri.set_defaults(func=cmd_trial)
 
@@ -227,30 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cohort_options(cmp_)
     cmp_.set_defaults(func=cmd_compare)
 
-    cal = sub.add_parser(
-        "calibrate", help="fit an adjuvant trial to a control median RFS and an RFS hazard ratio",
-        description=_wrap(
-            "Fit adjuvant.escape_physical_cells to the control arm's median RFS, then "
-            "homing.cik_per_site_per_day to the RFS hazard ratio of the treated arm, by bisection on "
-            "the same virtual cohort (see cikabm/calibrate.py). Prints the fitted values as TOML to "
-            "paste into the scenario, and writes the search history to --log."),
-        epilog=_wrap("example:\n  cikabm calibrate scenarios/hcc_adjuvant_lee2015.toml --control-median 30 "
-                     "--hr 0.63 --treatment-arm cik"),
-        formatter_class=_Formatter)
-    cal.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
-    cal.add_argument("--control-median", metavar="MONTHS", type=float, required=True,
-                     help="target median RFS of the reference arm")
-    cal.add_argument("--hr", metavar="HR", type=float, required=True, help="target RFS hazard ratio")
-    cal.add_argument("--treatment-arm", metavar="NAME", required=True, help="the treated arm")
-    cal.add_argument("--patients", metavar="N", type=_int_in("--patients", 10, 1_000_000), default=None,
-                     help="cohort size (default: trial.patients)")
-    cal.add_argument("--iterations", metavar="N", type=_int_in("--iterations", 1, 30), default=7,
-                     help="bisection steps per parameter (default: 7)")
-    cal.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
-                     help="worker processes (default: one per CPU core)")
-    cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
-    cal.set_defaults(func=cmd_calibrate)
+    from cikabm.cli_calibrate import add_command as add_calibrate_command
 
+    add_calibrate_command(sub, _Formatter, _wrap, _int_in)
+    from cikabm.cli_validation import add_command as add_validation_command
+
+    add_validation_command(sub, _Formatter, _wrap, _int_in)
     from cikabm.cli_assay import add_commands as add_assay_commands
 
     add_assay_commands(sub, _Formatter, _wrap, _int_in)
@@ -522,6 +509,14 @@ def cmd_trial(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: exists and is not a directory")
     progress = False if (args.no_progress or not sys.stderr.isatty()) else True
     try:
+        if args.replicates is not None:
+            from cikabm.replicates import replicates_text, run_replicates
+
+            reps = run_replicates(ts, out, args.replicates, patients=args.patients, seed=args.seed,
+                                  workers=args.workers, scheduler=args.scheduler, resume=args.resume,
+                                  progress=progress)
+            _write_stdout(replicates_text(reps.summary, out))
+            return EXIT_OK
         run = run_trial(ts, out, patients=args.patients, seed=args.seed, workers=args.workers,
                         scheduler=args.scheduler, resume=args.resume, progress=progress)
     except ValueError as err:
@@ -598,40 +593,6 @@ def comparison_text(table: Any, summary: dict[str, Any], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """``cikabm calibrate``: fit an adjuvant trial to RFS targets."""
-    import contextlib
-
-    from cikabm.calibrate import calibrate_adjuvant
-    from cikabm.io import atomic_write_json, to_jsonable
-    from cikabm.scenario import load_scenario
-    from cikabm.trial import CohortRunner, dask_client
-    from cikabm.trial_params import TrialScenario
-
-    ts = load_scenario(args.scenario, model=TrialScenario)
-    arms = [a.name for a in ts.arms]
-    if args.treatment_arm not in arms or args.treatment_arm == ts.trial.reference_arm:
-        raise UserError(f"--treatment-arm {args.treatment_arm!r}: must be one of the arms {arms} other than "
-                        f"the reference arm {ts.trial.reference_arm!r}")
-    if ts.trial.setting != "adjuvant":
-        raise UserError(f"{args.scenario}: calibrate fits adjuvant trials (trial.setting = 'adjuvant')")
-    context = (contextlib.nullcontext(None) if args.workers == 1 else dask_client(args.workers))
-    with context as client:
-        result = calibrate_adjuvant(ts, CohortRunner(client), control_median_months=args.control_median,
-                                    hazard_ratio=args.hr, treatment_arm=args.treatment_arm,
-                                    n_patients=args.patients, iterations=args.iterations,
-                                    report=lambda line: _write_stdout(line + "\n"))
-    if args.log is not None:
-        atomic_write_json(args.log, to_jsonable(result.__dict__))
-    _write_stdout(
-        f"fitted ({args.iterations} bisection steps each, {args.patients or ts.trial.patients} patients, "
-        f"seed {ts.scenario.seed}): control median RFS {result.control_median_months}, "
-        f"{args.treatment_arm} median RFS {result.treatment_median_months}, HR {result.hazard_ratio}\n"
-        f"[adjuvant]\nescape_physical_cells = {result.escape_physical_cells:.4g}\n"
-        f"[homing]\ncik_per_site_per_day = {result.cik_per_site_per_day:.4g}\n")
-    return EXIT_OK
-
-
 def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
     """Medians and hazard ratios of a finished trial, for the terminal."""
     lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
@@ -648,6 +609,14 @@ def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
         for name, c in result.get("comparisons", {}).items():
             lines.append(f"  {name}: HR {fmt(c['hr'], '.2f')} (95 % CI {fmt(c['hr_ci_low'], '.2f')}-"
                          f"{fmt(c['hr_ci_high'], '.2f')}), log-rank p {fmt(c['logrank_p'], '.3g')}")
+    if "never_progressed" in summary:
+        lines.append("never progressed within follow-up: " + ", ".join(
+            f"{arm} {n} of {summary['patients']}" for arm, n in summary["never_progressed"].items()))
+    for name, m in summary.get("mechanism", {}).items():
+        lines.append(f"{name}: of {m['recurred_ref']} recurrences in the reference arm, {m['cured']} do not recur "
+                     f"(micrometastasis {m['cured_micrometastasis']}, de novo {m['cured_de_novo']}); "
+                     f"{m['both_recur']} recur in both, median delay {fmt(m['median_delay_months'])} months; "
+                     f"cancer deaths {m['cancer_deaths_ref']} vs {m['cancer_deaths_arm']}")
     lines.append(f"results written to {out}")
     return "\n".join(lines) + "\n"
 

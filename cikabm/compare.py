@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
 from cikabm.schedules import PRESET_SCHEDULES, blood_level, infusion_days
 from cikabm.trial_params import ArmParams, TrialScenario
@@ -359,7 +360,9 @@ def comparison_table(patients: pd.DataFrame, endpoint: str | None = None, *,
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`TABLE_COLUMNS`; NaN where not estimable (a median not
+        Columns :data:`TABLE_COLUMNS` (then, in the adjuvant setting, the
+        mechanism columns of :func:`cikabm.mechanism.add_mechanism_columns`
+        before ``note``); NaN where not estimable (a median not
         reached, an unbounded CI end, the HR of the reference arm itself).
         ``infusions_mean`` counts infusions received before the event or
         censoring (intention to treat: failed manufactures count 0).
@@ -397,7 +400,7 @@ def comparison_table(patients: pd.DataFrame, endpoint: str | None = None, *,
                "logrank_p", "cox_p", "rmst_months", "rmst_diff_months", "infusions_mean"]
     table[numeric] = table[numeric].astype(float)
     table["planned_infusions"] = table["planned_infusions"].astype("Int64")
-    return table
+    return add_mechanism_columns(table, patients, ref)  # cures, delays, sources, OS (adjuvant)
 
 
 def add_infusion_groups(patients: pd.DataFrame, edges: Sequence[int] = INFUSION_GROUP_EDGES,

@@ -437,13 +437,17 @@ def parameter_reference() -> str:
 TABLE_COLUMNS = ("name", "meaning", "unit", "default", "range", "source")
 
 
-def markdown_table(rows: list[dict[str, str]], *, code_names: bool = False) -> str:
-    """Parameter rows as a Markdown table (the one formatter of docs/parameters.md and docs/model.md).
+def markdown_table(rows: list[dict[str, str]], *, code_names: bool = False,
+                   columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """Rows as a Markdown table: the one formatter of docs/parameters.md, docs/model.md and the
+    validation report.
 
-    ``code_names`` sets the names in backticks. No final newline.
+    ``columns`` are the keys shown, in order (default: the parameter columns, first ``name``);
+    ``code_names`` sets the first column in backticks. No final newline.
     """
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        cells = [f"`{r['name']}`" if code_names else r["name"], *(r[c] for c in TABLE_COLUMNS[1:])]
+        first = str(r[columns[0]])
+        cells = [f"`{first}`" if code_names else first, *(str(r[c]) for c in columns[1:])]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)

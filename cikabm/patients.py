@@ -14,15 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from cikabm.lesions import LESION_PURPOSE, micrometastasis_mean
 from cikabm.params import Scenario
 from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
 
-#: Purposes of the per-patient generators (never reuse a number).
+#: Purposes of the per-patient generators (never reuse a number; 3 is the lesions', see
+#: :data:`cikabm.lesions.LESION_PURPOSE`).
 _COVARIATES = 1
 _OUTCOMES = 2
+_RETREATMENT = 4
 
-#: Kernel patient keys: focus ``f`` of patient ``i`` is ``i * FOCI_KEY_STRIDE + f``.
+#: Kernel patient keys: lesion ``f`` of patient ``i`` is ``i * FOCI_KEY_STRIDE + f``.
 FOCI_KEY_STRIDE = 128
+#: Recurrence episodes with a fitness-for-retreatment draw of their own (later ones reuse the last).
+RETREATMENT_EPISODES = 8
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,8 @@ class VirtualPatient:
     patient_id: int
     doubling_time_days: float
     primary_size_cm: float
-    n_foci: int
+    mvi: bool
+    micrometastases_expected: float
     ligand_mean: float
     mhc_loss_per_division: float
     homing_scale: float
@@ -40,14 +46,21 @@ class VirtualPatient:
     manufacturing_failed: bool
     censor_months: float
     other_death_months: float
-    post_event_months: float
+    retreatment_fitness_draws: tuple[float, ...]
+
+    #: Fields that are draws of the patient's future, not covariates.
+    OUTCOME_DRAWS = ("censor_months", "other_death_months", "retreatment_fitness_draws")
 
     @property
     def net_growth_per_day(self) -> float:
         return math.log(2.0) / self.doubling_time_days
 
     def covariates(self) -> dict[str, Any]:
-        return asdict(self)
+        """The patient's covariates (its outcome draws left out)."""
+        cov = asdict(self)
+        for key in self.OUTCOME_DRAWS:
+            cov.pop(key)
+        return cov
 
 
 def _rng(seed: int, patient_id: int, purpose: int) -> np.random.Generator:
@@ -61,27 +74,33 @@ def draw_patient(ts: TrialScenario, patient_id: int, seed: int | None = None) ->
     g = _rng(seed, patient_id, _COVARIATES)
     doubling = c.doubling_time_median_days * math.exp(c.doubling_time_sd_log * g.standard_normal())
     size = c.primary_size_median_cm * math.exp(c.primary_size_sd_log * g.standard_normal())
-    foci_mean = ts.adjuvant.foci_mean_at_5cm * (size / 5.0) ** ts.adjuvant.foci_size_exponent
-    n_foci = int(min(g.poisson(foci_mean), ts.adjuvant.max_foci))
     ligand = float(np.clip(ts.tumour.ligand_mean + c.ligand_sd * g.standard_normal(), 0.0, 1.0))
     mhc_loss = float(min(ts.tumour.mhc_loss_per_division * math.exp(c.mhc_loss_sd_log * g.standard_normal()),
                          1.0))
     homing = math.exp(c.homing_sd_log * g.standard_normal())
     yield_ = math.exp(c.product_yield_sd_log * g.standard_normal())
     failed = bool(g.random() < c.manufacturing_failure)
+    mvi = bool(g.random() < ts.adjuvant.mvi_probability)
 
     o = _rng(seed, patient_id, _OUTCOMES)
     follow = ts.trial.follow_up_months
     censor = follow - ts.trial.accrual_months * o.random()
     death_rate = ts.outcomes.other_cause_death_per_year / 12.0
     other_death = o.exponential(1.0 / death_rate) if death_rate > 0 else math.inf
-    post_event = o.exponential(ts.outcomes.post_recurrence_survival_median_months / math.log(2.0))
+    fitness = _rng(seed, patient_id, _RETREATMENT).random(RETREATMENT_EPISODES)
     return VirtualPatient(
-        patient_id=patient_id, doubling_time_days=float(doubling), primary_size_cm=float(size),
-        n_foci=n_foci, ligand_mean=ligand, mhc_loss_per_division=mhc_loss, homing_scale=float(homing),
+        patient_id=patient_id, doubling_time_days=float(doubling), primary_size_cm=float(size), mvi=mvi,
+        micrometastases_expected=float(micrometastasis_mean(ts, size, mvi)),
+        ligand_mean=ligand, mhc_loss_per_division=mhc_loss, homing_scale=float(homing),
         product_yield=float(yield_), manufacturing_failed=failed, censor_months=float(censor),
-        other_death_months=float(other_death), post_event_months=float(post_event),
+        other_death_months=float(other_death),
+        retreatment_fitness_draws=tuple(float(u) for u in fitness),
     )
+
+
+def lesion_rng(seed: int, patient_id: int) -> np.random.Generator:
+    """The generator of a patient's lesions (the same in every arm)."""
+    return _rng(seed, patient_id, LESION_PURPOSE)
 
 
 def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *,

@@ -60,14 +60,16 @@ __all__ = [
 ]
 
 #: Endpoints known to the trial runner, in reporting order.
-ENDPOINTS = ("rfs", "pfs", "os")
+ENDPOINTS = ("rfs", "pfs", "os", "css")
 #: Human-readable endpoint names (figure titles).
 ENDPOINT_LABELS = {
     "rfs": "Recurrence-free survival",
     "pfs": "Progression-free survival",
     "os": "Overall survival",
+    "css": "Cancer-specific survival",
 }
-_Y_LABELS = {"rfs": "Proportion recurrence-free", "pfs": "Proportion progression-free", "os": "Proportion alive"}
+_Y_LABELS = {"rfs": "Proportion recurrence-free", "pfs": "Proportion progression-free", "os": "Proportion alive",
+            "css": "Proportion without cancer death"}
 #: Landmark times (months) of ``survival_at`` in :func:`endpoint_summary`.
 LANDMARK_MONTHS = (12, 24, 36, 60)
 #: Line colours of the arms, in arm order (colour-blind safe).
@@ -215,7 +217,8 @@ def _format_p(p: float | None) -> str:
 
 def endpoint_summary(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None = None,
                      reference_arm: str | None = None, tau_months: float | None = None,
-                     landmarks_months: Iterable[float] = LANDMARK_MONTHS) -> dict[str, Any]:
+                     landmarks_months: Iterable[float] = LANDMARK_MONTHS,
+                     follow_up_months: float | None = None) -> dict[str, Any]:
     """Kaplan-Meier, log-rank, Cox and RMST summary of one endpoint, per arm.
 
     Parameters
@@ -236,7 +239,13 @@ def endpoint_summary(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[st
         extrapolated).
     landmarks_months : iterable of float, optional
         Times of ``survival_at`` (default 12, 24, 36 and 60 months); a time
-        beyond an arm's longest follow-up is left out for that arm.
+        beyond an arm's longest follow-up is left out for that arm, unless
+        it is within ``follow_up_months``.
+    follow_up_months : float, optional
+        The trial's end of follow-up: a landmark up to it but past an arm's
+        last observed time (60 months in a 60-month trial whose last patient
+        was censored at 59.7) is reported at that last time, which
+        ``survival_at_time`` then gives.
 
     Returns
     -------
@@ -285,10 +294,14 @@ def endpoint_summary(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[st
             if tau is not None:
                 stats["rmst_months"] = _num(restricted_mean_survival_time(kmf, t=tau))
             follow = float(group["T"].max())
-            at = [t for t in landmarks if t <= follow]
+            limit = follow if follow_up_months is None else max(follow, float(follow_up_months))
+            at = [t for t in landmarks if t <= limit]
             if at:
-                values = kmf.survival_function_at_times(at).to_numpy()
+                values = kmf.survival_function_at_times([min(t, follow) for t in at]).to_numpy()
                 stats["survival_at"] = {f"{t:g}": _num(s) for t, s in zip(at, values, strict=True)}
+                clipped = {f"{t:g}": follow for t in at if t > follow}
+                if clipped:
+                    stats["survival_at_time"] = clipped
         arm_stats[arm] = stats
 
     comparisons: dict[str, dict[str, Any]] = {}
@@ -329,6 +342,12 @@ def trial_summary(patients: pd.DataFrame, endpoints: Iterable[str] | None = None
     return {e: endpoint_summary(patients, e, **kw) for e in chosen}
 
 
+#: A subgroup is compared only with at least this many patients in each arm and events in both together;
+#: smaller ones are reported as too few, with no hazard ratio or p-value.
+SUBGROUP_MIN_PATIENTS = 20
+SUBGROUP_MIN_EVENTS = 10
+
+
 def subgroup_summary(patients: pd.DataFrame, endpoint: str, by: str, *,
                      reference_arm: str | None = None) -> pd.DataFrame:
     """Treatment effect within each level of a categorical covariate.
@@ -353,7 +372,10 @@ def subgroup_summary(patients: pd.DataFrame, endpoint: str, by: str, *,
         two-arm trial), with columns ``by``, ``level``, ``arm``,
         ``reference_arm``, ``n``, ``n_ref``, ``events``, ``events_ref``,
         ``median_months``, ``median_ref_months`` (NaN: not reached), ``hr``,
-        ``hr_ci_low``, ``hr_ci_high``, ``logrank_p``, ``cox_p`` and ``note``.
+        ``hr_ci_low``, ``hr_ci_high``, ``logrank_p``, ``cox_p`` and ``note``. A level
+        with fewer than :data:`SUBGROUP_MIN_PATIENTS` patients in an arm or
+        :data:`SUBGROUP_MIN_EVENTS` events in both is not compared (no HR, no p;
+        ``note`` says so).
     """
     if by not in patients.columns:
         raise KeyError(f"patient table has no column {by!r}")
@@ -377,7 +399,14 @@ def subgroup_summary(patients: pd.DataFrame, endpoint: str, by: str, *,
             if arm == ref:
                 continue
             arm_data = sub[sub["arm"] == arm]
-            comp = _compare(arm_data, ref_data, arm, ref)
+            events = int(arm_data["E"].sum()) + int(ref_data["E"].sum())
+            if min(len(arm_data), len(ref_data)) < SUBGROUP_MIN_PATIENTS or events < SUBGROUP_MIN_EVENTS:
+                comp = {"hr": None, "hr_ci_low": None, "hr_ci_high": None, "logrank_p": None, "cox_p": None,
+                        "note": f"too few patients to compare (n = {len(arm_data)} and {len(ref_data)}, "
+                                f"{events} events; needs {SUBGROUP_MIN_PATIENTS} per arm and "
+                                f"{SUBGROUP_MIN_EVENTS} events)"}
+            else:
+                comp = _compare(arm_data, ref_data, arm, ref)
             rows.append({
                 "by": by, "level": level.item() if isinstance(level, np.generic) else level,
                 "arm": arm, "reference_arm": ref,

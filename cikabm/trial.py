@@ -1,18 +1,18 @@
 """Virtual trials: every virtual patient in every arm, run in parallel, resumable.
 
-Adjuvant setting (docs/model.md, Virtual trials): each patient has a Poisson number of
-micrometastatic foci (more for larger primaries); each focus is its own small
-lattice grown from a few cells under endogenous CTLs and the arm's CIK
-infusions. A focus that reaches ``adjuvant.escape_cells`` live cells has
-escaped; from then on it grows at the patient's net rate, from
-``escape_physical_cells`` to ``detection_cells``. Recurrence is the first
-detection. RFS ends at recurrence or death; OS at death (other cause, or
-recurrence plus post-recurrence survival); both censored at the end of
-follow-up.
+Adjuvant setting (docs/model.md, "Disease course after resection"): each patient
+carries lesions of two sources (micrometastases of the primary, de novo tumours
+of the diseased liver; :mod:`cikabm.lesions`), each followed on the lattice
+while small and in the compartment model beyond, under the host's CTLs and the
+arm's CIK supply; the clinical course (recurrence, curative retreatment,
+cancer death; :mod:`cikabm.course`) is read off their daily counts. RFS ends
+at the first recurrence or death, OS at death, cancer-specific survival at a
+cancer death; all are censored at the end of follow-up.
 
-Advanced setting: one representative tumour region; progression when the
-live burden exceeds its running nadir by the volume of a
-``progression_diameter_increase`` diameter increase (RECIST +20 %).
+Advanced setting: the whole-body burden in the compartment model, assessed
+every ``advanced.check_every_days``; progression when it exceeds its nadir by
+the volume of a ``progression_diameter_increase`` diameter increase (RECIST
++20 %). The lattice region is the sample where local killing is measured.
 
 Work is split in chunks of patients; each finished chunk is written
 atomically under ``OUT/.chunks`` so that a killed trial resumes without losing
@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,16 @@ import numpy as np
 import pandas as pd
 
 from cikabm import __version__
+from cikabm.course import clinical_course, outcome_row, progression_day
 from cikabm.io import atomic_write_json, to_jsonable
-from cikabm.kernels.core import LIVE
+from cikabm.kernels.compartment import EXTINCT
+from cikabm.lesions import DE_NOVO, MICROMETASTASIS, Lesion, compartment_inputs, draw_lesions, lesion_course
 from cikabm.patients import (
     FOCI_KEY_STRIDE,
     VirtualPatient,
     draw_patient,
     infusions_before,
+    lesion_rng,
     patient_region,
 )
 from cikabm.simulation import Simulation
@@ -53,83 +56,78 @@ from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
 CHUNK_DIR = ".chunks"
 
 
-def _live(sim: Simulation) -> int:
-    return int(np.count_nonzero(sim.lattice.cell == LIVE))
-
-
-def _run_until(sim: Simulation, check_days: float, stop: Callable[[int], bool], end_day: float) -> float | None:
-    """Advance ``sim`` in checks of ``check_days`` until ``stop(live)``; the day it stopped, or None."""
-    steps = max(1, round(check_days / sim.disc.dt_days))
-    last = min(sim.disc.n_steps, math.floor(end_day / sim.disc.dt_days))
-    while sim.step < last:
-        sim.advance(min(steps, last - sim.step))
-        if stop(_live(sim)):
-            return sim.step * sim.disc.dt_days
-    return None
-
-
 def _adjuvant_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, seed: int) -> dict[str, Any]:
-    adj = ts.adjuvant
+    """Lesions of both sources, each across lattice and compartment, then the clinical course."""
     end_day = patient.censor_months * DAYS_PER_MONTH
-    region = patient_region(ts, patient, arm, initial_cells=adj.focus_initial_cells, duration_days=end_day,
-                            record_every_hours=adj.check_every_days * 24.0)
-    growth_days = math.log(adj.detection_cells / adj.escape_physical_cells) / patient.net_growth_per_day
-    first_detection = math.inf
-    escaped = 0
-    arrived = 0  # CIK cells that entered the simulated foci
-    expected = math.nan  # CIK cells expected to enter one focus over the whole follow-up
-    for focus in range(patient.n_foci):
-        # A focus escaping after the earliest detection so far cannot change the recurrence time.
-        horizon = min(end_day, first_detection - growth_days)
-        if horizon <= 0:
-            break
-        sim = Simulation(region, seed=seed, patient=patient.patient_id * FOCI_KEY_STRIDE + focus, threads=1)
-        expected = float(sim.disc.mean_cik_arrivals.sum())
-        t_escape = _run_until(sim, adj.check_every_days,
-                              lambda live: live >= adj.escape_cells or live == 0, horizon)
-        arrived += int(sim.arrivals[:3].sum())
-        if t_escape is not None and _live(sim) >= adj.escape_cells:
-            escaped += 1
-            first_detection = min(first_detection, t_escape + growth_days)
-    recurrence_months = first_detection / DAYS_PER_MONTH
-    return _outcomes(ts, patient, region, "rfs", recurrence_months, foci_escaped=escaped, cik_arrivals=arrived,
-                     cik_expected_per_focus=expected)
+    n_days = math.ceil(end_day)
+    region = patient_region(ts, patient, arm, initial_cells=ts.adjuvant.focus_initial_cells,
+                            duration_days=end_day, record_every_hours=ts.adjuvant.check_every_days * 24.0)
+    lesions = draw_lesions(ts, lesion_rng(seed, patient.patient_id), primary_size_cm=patient.primary_size_cm,
+                           mvi=patient.mvi, net_growth_per_day=patient.net_growth_per_day, horizon_days=end_day)
+    inputs = compartment_inputs(ts, region, end_day, ts.outcomes.lethal_cells)
+    courses = [lesion_course(ts, region, inputs, lesion, seed=seed, patient_id=patient.patient_id, n_days=n_days)
+               for lesion in lesions]
+    burdens = np.array([c.burden for c in courses]).reshape(len(courses), n_days + 1)
+    other_death_day = patient.other_death_months * DAYS_PER_MONTH
+    course = clinical_course(ts, burdens, [les.source for les in lesions], censor_day=end_day,
+                             other_death_day=other_death_day, fitness_draws=patient.retreatment_fitness_draws)
+    row = outcome_row(course, censor_day=end_day)
+    kills = sum((c.kills for c in courses), np.zeros((4, 2)))
+    first = min(row["rfs_months"], row["os_months"])
+    row.update(
+        infusions_received=infusions_before(region, first * DAYS_PER_MONTH),
+        recurrence_source=course["recurrence_source"] if row["rfs_event"] and course["recurrence_day"]
+        <= course["death_day"] else "",
+        burden_at_detection=course["burden_at_detection"],
+        lesions_at_detection=course["lesions_at_detection"],
+        curative_retreatments=course["retreatments"],
+        retreated_curatively_at_first=course["curative_at_first"],
+        cause_of_death=course["cause_of_death"],
+        lesions_micrometastasis=sum(les.source == MICROMETASTASIS for les in lesions),
+        lesions_de_novo=sum(les.source == DE_NOVO for les in lesions),
+        lesions_cleared=sum(c.status == EXTINCT for c in courses),  # died out: by chance or immune killing
+        cik_kills=float(kills[:3].sum()),
+        ctl_kills=float(kills[3].sum()),
+        cik_expected_per_site=float(inputs.cik_per_step.sum()),
+    )
+    return row
 
 
 def _advanced_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, seed: int) -> dict[str, Any]:
+    """The whole-body burden in the compartment model, assessed RECIST-like; the lattice region is the
+    sample where local killing is measured over ``advanced.sample_days``."""
     adv = ts.advanced
     end_day = patient.censor_months * DAYS_PER_MONTH
+    n_days = math.ceil(end_day)
     region = patient_region(ts, patient, arm, initial_cells=ts.tumour.initial_cells, duration_days=end_day,
-                            record_every_hours=adv.check_every_days * 24.0)
-    sim = Simulation(region, seed=seed, patient=patient.patient_id * FOCI_KEY_STRIDE, threads=1)
-    factor = (1.0 + adv.progression_diameter_increase) ** len(ts.lattice.shape)
-    nadir = [float(_live(sim))]
-
-    def progressed(live: int) -> bool:
-        nadir[0] = min(nadir[0], live)
-        return live > 0 and live >= factor * max(nadir[0], 1.0)
-
-    t_prog = _run_until(sim, adv.check_every_days, progressed, end_day)
-    progression_months = math.inf if t_prog is None else t_prog / DAYS_PER_MONTH
-    return _outcomes(ts, patient, region, "pfs", progression_months, nadir_cells=int(nadir[0]))
-
-
-def _outcomes(ts: TrialScenario, patient: VirtualPatient, region: Any, endpoint: str, event_months: float,
-              **extra: Any) -> dict[str, Any]:
-    """RFS/PFS and OS from the disease event time, other-cause death and censoring."""
-    censor = patient.censor_months
-    death = min(patient.other_death_months, event_months + patient.post_event_months)
-    first = min(event_months, death)
+                            record_every_hours=24.0)
+    sample_region = region.model_copy(update={"time": region.time.model_copy(
+        update={"duration_days": min(adv.sample_days, end_day)})})
+    sample = Simulation(sample_region, seed=seed, patient=patient.patient_id * FOCI_KEY_STRIDE,
+                        threads=1).run(progress=False, n_snapshots=0).to_frame().iloc[-1]
+    inputs = compartment_inputs(ts, region, end_day, ts.outcomes.lethal_cells)
+    body = lesion_course(ts, region, inputs, Lesion(0, "body", 0.0, int(adv.body_burden_cells)), seed=seed,
+                         patient_id=patient.patient_id, n_days=n_days)
+    factor = (1.0 + adv.progression_diameter_increase) ** 3  # the body burden is a volume
+    progression, nadir = progression_day(body.burden, adv.check_every_days, factor)
+    lethal = np.flatnonzero(body.burden >= ts.outcomes.lethal_cells)
+    cancer_death = float(lethal[0]) if lethal.size else math.inf
+    death = min(cancer_death, patient.other_death_months * DAYS_PER_MONTH)
+    first = min(progression, death)
     row: dict[str, Any] = {
-        f"{endpoint}_months": min(first, censor),
-        f"{endpoint}_event": bool(first <= censor),
-        "os_months": min(death, censor),
-        "os_event": bool(death <= censor),
-        f"{'recurrence' if endpoint == 'rfs' else 'progression'}_months":
-            event_months if event_months <= censor else math.nan,
-        "infusions_received": infusions_before(region, min(first, censor) * DAYS_PER_MONTH),
+        "pfs_months": min(first, end_day) / DAYS_PER_MONTH, "pfs_event": bool(first <= end_day),
+        "os_months": min(death, end_day) / DAYS_PER_MONTH, "os_event": bool(death <= end_day),
+        "css_months": min(death, end_day) / DAYS_PER_MONTH,
+        "css_event": bool(cancer_death <= end_day and cancer_death <= death),
+        "progression_months": progression / DAYS_PER_MONTH if progression <= end_day else math.nan,
+        "infusions_received": infusions_before(region, min(first, end_day)),
+        "cause_of_death": "" if death > end_day else ("cancer" if death == cancer_death else "other"),
+        "nadir_cells": nadir, "body_cells_end": float(body.burden[min(n_days, int(min(death, end_day)))]),
+        "cik_kills": float(body.kills[:3].sum()), "ctl_kills": float(body.kills[3].sum()),
+        "sample_cells_start": ts.tumour.initial_cells, "sample_cells_end": int(sample["tumour_total"]),
+        "sample_cik_kills": int(sample[["kills_tnk", "kills_tcell", "kills_nk"]].sum()),
+        "sample_ctl_kills": int(sample["kills_ctl"]),
     }
-    row.update(extra)
     return row
 
 
@@ -144,8 +142,6 @@ def simulate_patient(ts: TrialScenario, patient_id: int, seed: int | None = None
         row.update(course(ts, patient, arm, seed))
         cov = patient.covariates()
         cov.pop("patient_id")
-        for key in ("censor_months", "other_death_months", "post_event_months"):
-            cov.pop(key)
         row.update(cov)
         row["primary_size_gt_5cm"] = patient.primary_size_cm > 5.0
         rows.append(row)
@@ -196,7 +192,7 @@ def order_patients(frame: pd.DataFrame, arm_names: list[str]) -> pd.DataFrame:
 
 def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed: int | None = None,
               workers: int | None = None, scheduler: str | None = None, resume: bool = False,
-              progress: bool | None = None) -> TrialRun:
+              progress: bool | None = None, client: Any | None = None) -> TrialRun:
     """Run a virtual trial and write ``out/patients.parquet``, ``summary.json`` and KM plots.
 
     Parameters
@@ -218,6 +214,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         scenario, seed and patient count.
     progress : bool, optional
         Progress bar (default: when stderr is a terminal).
+    client : dask.distributed.Client, optional
+        A client to run on (then ``workers`` and ``scheduler`` are ignored):
+        replicate trials share one cluster.
     """
     from tqdm.auto import tqdm
 
@@ -245,7 +244,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     bar = tqdm(total=n_patients, initial=done_patients, unit="patient", disable=None if progress is None
                else not progress, desc=ts.scenario.name)
     with bar:
-        if todo and (scheduler is not None or (workers or 0) != 1):
+        if todo and client is not None:
+            _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, bar)
+        elif todo and (scheduler is not None or (workers or 0) != 1):
             _run_dask(ts, seed, chunks, todo, chunk_dir, workers, scheduler, bar)
         else:
             for i in todo:
@@ -262,9 +263,19 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         "arms": [a.name for a in ts.arms],
         "reference_arm": ts.trial.reference_arm,
         "cikabm_version": __version__,
-        "endpoints": trial_summary(patients_df, reference_arm=ts.trial.reference_arm),
+        "endpoints": trial_summary(patients_df, reference_arm=ts.trial.reference_arm,
+                                   follow_up_months=ts.trial.follow_up_months),
         "scenario_parameters": ts.model_dump(mode="json"),
     }
+    if ts.trial.setting == "advanced":
+        summary["never_progressed"] = {  # no progression and no death within follow-up
+            a.name: int((~patients_df.loc[patients_df["arm"] == a.name, "pfs_event"]).sum()) for a in ts.arms}
+    if ts.trial.setting == "adjuvant":
+        from cikabm.mechanism import mechanism_breakdown
+
+        ref = ts.trial.reference_arm
+        summary["mechanism"] = {f"{a.name}_vs_{ref}": mechanism_breakdown(patients_df, a.name, ref)
+                                for a in ts.arms if a.name != ref}
     tmp = out / "patients.parquet.tmp"
     patients_df.to_parquet(tmp, index=False)
     tmp.replace(out / "patients.parquet")
@@ -297,28 +308,31 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
 def _run_dask(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int], chunk_dir: Path,
               workers: int | None, scheduler: str | None, bar: Any) -> None:
+    with dask_client(workers, scheduler) as client:
+        _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, bar)
+
+
+def _submit_chunks(client: Any, ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int],
+                   chunk_dir: Path, bar: Any) -> None:
     from dask.distributed import as_completed
 
-    with dask_client(workers, scheduler) as client:
-        futures = {client.submit(simulate_chunk, ts, chunks[i], seed, pure=False): i for i in todo}
-        for future in as_completed(futures):
-            i = futures[future]
-            _write_chunk(chunk_dir, i, future.result())
-            bar.update(len(chunks[i]))
+    futures = {client.submit(simulate_chunk, ts, chunks[i], seed, pure=False): i for i in todo}
+    for future in as_completed(futures):
+        i = futures[future]
+        _write_chunk(chunk_dir, i, future.result())
+        bar.update(len(chunks[i]))
 
 
 class CohortRunner:
     """Runs whole cohorts (all arms of a trial scenario) on one Dask cluster, reused across calls.
 
-    Used by calibration, which evaluates the same cohort many times.
+    Used by calibration, which evaluates cohorts of several seeds many times.
     """
 
-    def __init__(self, client: Any | None, seed: int | None = None):
+    def __init__(self, client: Any | None):
         self.client = client
-        self.seed = seed
 
-    def __call__(self, ts: TrialScenario, n_patients: int) -> pd.DataFrame:
-        seed = ts.scenario.seed if self.seed is None else self.seed
+    def __call__(self, ts: TrialScenario, n_patients: int, seed: int) -> pd.DataFrame:
         chunks = _chunks(n_patients, ts.trial.chunk_patients)
         if self.client is None:
             frames = [simulate_chunk(ts, c, seed) for c in chunks]

@@ -64,40 +64,120 @@ class CohortParams(Section):
 
 
 class AdjuvantParams(Section):
-    foci_mean_at_5cm: float = param(1.2, "foci", "Mean number of micrometastatic foci for a 5 cm primary.",
-                                    "calibrate", ge=0, le=100)
-    foci_size_exponent: float = param(1.0, "-", "Foci mean scales as (diameter / 5 cm) ** exponent.",
-                                      ge=0, le=10)
-    max_foci: int = param(8, "foci", "Foci simulated per patient at most (the first to escape counts).",
-                          ge=1, le=100)
-    focus_initial_cells: int = param(8, "cells", "Live cells of a focus left after resection.",
-                                     "calibrate", ge=1)
-    escape_cells: int = param(150, "cells", "A lattice focus with this many live cells has escaped "
-                              "immune control.", "calibrate", ge=2)
-    escape_physical_cells: float = param(
-        1e5, "cells", "Tumour cells a focus is taken to hold when it escapes: the lattice follows the "
-        "immune-contact phase of an occult micrometastasis at reduced size; growth from here to "
-        "detection follows the patient's doubling time.", "calibrate", gt=1)
+    foci_mean_at_5cm: float = param(
+        1.0, "lesions", "Mean number of occult intrahepatic micrometastases a 5 cm primary without "
+        "microvascular invasion leaves at resection (the early-recurrence source).", "calibrate", ge=0, le=100)
+    foci_size_exponent: float = param(
+        1.0, "-", "The micrometastasis mean scales as (diameter / 5 cm) ** exponent.",
+        "model choice; size > 5 cm predicts early recurrence (Yan 2023 Hepatobiliary Surg Nutr 12:155)",
+        ge=0, le=10)
+    mvi_probability: float = param(
+        0.253, "probability", "Chance the primary shows microvascular invasion (MVI).",
+        "Rodriguez-Peralvarez 2013 Ann Surg Oncol 20:325: 25.3 % of 1,540 resections", ge=0, le=1)
+    mvi_foci_ratio: float = param(
+        1.82, "-", "Micrometastasis mean with MVI over that without.",
+        "Rodriguez-Peralvarez 2013: disease-free survival RR 1.82 with MVI, taken as the ratio", ge=1, le=20)
+    de_novo_per_year: float = param(
+        0.05, "1/year", "Rate at which new (multicentric) tumours arise in the diseased liver, independent "
+        "of the primary (the late-recurrence source).",
+        "calibrate; HCC incidence 3.16/100 person-years in HBV cirrhosis (Thiele 2014 PLoS One 9:e107177), "
+        "late recurrence 5-10 %/year (Lee 2021 Gut Liver 15:420)", ge=0, le=2)
+    max_foci: int = param(16, "lesions", "Lesions of each source simulated per patient at most.",
+                          "compute bound (model choice; the Poisson means stay below 5)", ge=1, le=100)
+    focus_initial_cells: int = param(
+        8, "cells", "Smallest lesion: the lower end of the occult sizes, and a new de novo tumour's size.",
+        "model choice", ge=1, le=10_000)
+    imaging_limit_cells: float = param(
+        1e8, "cells", "Lesions above this size are seen on imaging: none is left at resection, and every "
+        "one is counted at the staging of a recurrence.", "~5 mm at 1e9 cells/cm3 (model choice)", gt=1)
+    handoff_cells: int = param(
+        150, "cells", "A lattice lesion continues in the compartment model at this many live cells.",
+        "model choice: the lattice region's scale (the hand-off test shows both agree)", ge=2, le=100_000)
+    lattice_max_days: float = param(
+        60.0, "day", "... or after this long on the lattice (a dormant focus continues in the compartment, "
+        "whose stochastic regime keeps its small numbers).", "compute bound (model choice)", gt=0, le=3650)
     detection_cells: float = param(1e9, "cells", "Cells at clinical detection (about 1 cm).",
-                                   "~1e9 cells, 1 cm (docs/model.md, Virtual trials)", gt=1)
-    check_every_days: float = param(1.0, "day", "How often a focus is checked for escape or extinction.",
-                                    gt=0, le=30)
+                                   "~1e9 cells, 1 cm (docs/model.md, Disease course)", gt=1)
+    check_every_days: float = param(1.0, "day", "How often a lattice lesion is checked for hand-off or "
+                                    "extinction.", gt=0, le=30)
+    compartment_dt_hours: float = param(6.0, "h", "Step of the compartment model (a divisor of 24 h).",
+                                        "numerical choice", gt=0, le=24)
+    stochastic_below_cells: float = param(
+        1e4, "cells", "Below this size the compartment model draws every event (birth-death process); "
+        "above it, it follows expected values.", "numerical choice", ge=0, le=1e9)
+    infiltration_exponent: float = param(
+        2.0 / 3.0, "-", "Effector entry into a lesion larger than the lattice region grows as "
+        "(cells) ** exponent: entry through its surface, so the E:T ratio falls as it grows.",
+        "model choice: infiltrates concentrate at the invasive margin (Galon 2006 Science 313:1960)",
+        ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> AdjuvantParams:
+        if not self.focus_initial_cells < self.imaging_limit_cells <= self.detection_cells:
+            raise ValueError(f"adjuvant: focus_initial_cells = {self.focus_initial_cells:g} < imaging_limit_cells = "
+                             f"{self.imaging_limit_cells:g} <= detection_cells = {self.detection_cells:g} must hold")
+        steps = 24.0 / self.compartment_dt_hours
+        if abs(steps - round(steps)) > 1e-9:
+            raise ValueError(f"adjuvant.compartment_dt_hours = {self.compartment_dt_hours:g} must divide 24 h")
+        return self
+
+
+class RecurrenceParams(Section):
+    curative_max_lesions: int = param(3, "lesions", "Most lesions seen at a recurrence for curative retreatment.",
+                                      "Milan criteria (Mazzaferro 1996 NEJM 334:693): up to 3 nodules", ge=0,
+                                      le=100)
+    curative_single_max_cm: float = param(5.0, "cm", "Largest single recurrent lesion treated curatively.",
+                                          "Milan criteria: single nodule up to 5 cm", gt=0, le=50)
+    curative_multiple_max_cm: float = param(3.0, "cm", "Largest of several lesions treated curatively.",
+                                            "Milan criteria: up to 3 nodules of at most 3 cm", gt=0, le=50)
+    curative_fitness: float = param(
+        0.6, "probability", "Chance, at each recurrence within the criteria, that the patient is fit for "
+        "re-resection or ablation (liver function, location).",
+        "model choice; 33.9 % of early and 50.7 % of late recurrences retreated curatively "
+        "(Wang 2020 Oncologist)", ge=0, le=1)
+    max_curative_retreatments: int = param(3, "treatments", "Curative retreatments a patient can have.",
+                                           "model choice", ge=0, le=20)
 
 
 class AdvancedParams(Section):
+    body_burden_cells: float = param(
+        1e10, "cells", "Whole-body tumour burden at the start (measurable disease), followed in the "
+        "compartment model; the lattice region is the sample where local killing is measured.",
+        "model choice (about 10 cm3 at 1e9 cells/cm3)", gt=1)
+    sample_days: float = param(28.0, "day", "How long the lattice sample region is followed.",
+                               "model choice", gt=0, le=3650)
     progression_diameter_increase: float = param(
         0.2, "fraction", "Progression: burden above the nadir by the volume of this diameter increase.",
         "RECIST: +20 %", gt=0, le=5)
-    check_every_days: float = param(1.0, "day", "How often the burden is compared with the nadir.",
-                                    gt=0, le=30)
+    check_every_days: float = param(1.0, "day", "How often the burden is measured and compared with the "
+                                    "nadir (the response assessments).", gt=0, le=365)
 
 
 class OutcomeParams(Section):
+    lethal_cells: float = param(1e12, "cells", "Tumour burden at cancer death (about 1 kg).",
+                                "~1e12 cells, 1 kg (Friberg & Mattson 1997 J Surg Oncol 65:284)", gt=1)
+    cells_per_cm3: float = param(1e9, "cells/cm3", "Tumour cell density (lesion diameter from its cells).",
+                                 "~1e9 cells/cm3 (Del Monte 2009 Cell Cycle 8:505)", gt=0)
     other_cause_death_per_year: float = param(0.02, "1/year", "Competing death from other causes.",
-                                              "calibrate", ge=0, le=10)
-    post_recurrence_survival_median_months: float = param(
-        30.0, "month", "Median survival after recurrence or progression.",
-        "calibrate; Choi 2018: OS - PFS 14.8 and 24.6 months", gt=0)
+                                              "model choice", ge=0, le=10)
+
+
+class PublishedValue(Section):
+    """A published result of the trial a scenario reproduces: a target or a prediction to check."""
+
+    quantity: Literal["median_months", "hazard_ratio", "event_fraction"] = param(
+        "hazard_ratio", "-", "median_months of an arm, hazard_ratio of the treated arm vs the reference arm, or "
+        "event_fraction of an arm by `months`.")
+    endpoint: Literal["rfs", "pfs", "os", "css"] = param("rfs", "-", "Endpoint (os: all-cause death; css: "
+                                                         "cancer-related death).")
+    arm: str = param("", "-", "The arm (for hazard_ratio: the treated arm).")
+    months: float = param(0.0, "month", "Landmark of an event_fraction.", ge=0)
+    value: float = param(1.0, "-", "Published value.", ge=0)
+    ci_low: float | None = param(None, "-", "Lower 95 % confidence limit, if published.")
+    ci_high: float | None = param(None, "-", "Upper 95 % confidence limit, if published.")
+    role: Literal["calibrated", "predicted"] = param("predicted", "-", "calibrated: a target of `cikabm "
+                                                     "calibrate`; predicted: never fitted.")
+    source: str = param("", "-", "Where the value is published.")
 
 
 class TrialScenario(Scenario):
@@ -108,15 +188,19 @@ class TrialScenario(Scenario):
         default_factory=lambda: [ArmParams(name="control"), ArmParams(name="cik", schedule="lee2015")],
         description="Arms; each patient is simulated in every arm.")
     cohort: CohortParams = Field(default_factory=CohortParams, description="Virtual-patient distributions.")
-    adjuvant: AdjuvantParams = Field(default_factory=AdjuvantParams, description="Adjuvant setting.")
+    adjuvant: AdjuvantParams = Field(default_factory=AdjuvantParams, description="Adjuvant setting: lesions.")
+    recurrence: RecurrenceParams = Field(default_factory=RecurrenceParams,
+                                         description="Adjuvant setting: retreatment and cancer death.")
     advanced: AdvancedParams = Field(default_factory=AdvancedParams, description="Advanced setting.")
     outcomes: OutcomeParams = Field(default_factory=OutcomeParams, description="Death and post-event survival.")
+    published: list[PublishedValue] = Field(default_factory=list,
+                                            description="Published results to compare with (validation).")
 
     @model_validator(mode="after")
     def _arms_make_sense(self) -> TrialScenario:
-        if self.adjuvant.escape_physical_cells >= self.adjuvant.detection_cells:
-            raise ValueError(f"adjuvant.escape_physical_cells = {self.adjuvant.escape_physical_cells:g} must be "
-                             f"below adjuvant.detection_cells = {self.adjuvant.detection_cells:g}")
+        if self.outcomes.lethal_cells <= self.adjuvant.detection_cells:
+            raise ValueError(f"outcomes.lethal_cells = {self.outcomes.lethal_cells:g} must be above "
+                             f"adjuvant.detection_cells = {self.adjuvant.detection_cells:g}")
         names = [a.name for a in self.arms]
         if not names:
             raise ValueError("arms: at least one arm is needed")
@@ -124,6 +208,9 @@ class TrialScenario(Scenario):
             raise ValueError(f"arms: names must be unique, got {names}")
         if self.trial.reference_arm not in names:
             raise ValueError(f"trial.reference_arm = {self.trial.reference_arm!r} is not one of the arms {names}")
+        for entry in self.published:
+            if entry.arm and entry.arm not in names:
+                raise ValueError(f"published: arm {entry.arm!r} is not one of the arms {names}")
         horizon = self.trial.follow_up_months * 30.4375
         for arm in self.arms:
             if arm.schedule != "none" and arm.start_day >= horizon:

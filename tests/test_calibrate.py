@@ -1,4 +1,4 @@
-"""Calibration: the bisection finds the parameters that hit the RFS targets."""
+"""Calibration: the optimisers find the parameters that hit the RFS targets, with their spread."""
 
 from __future__ import annotations
 
@@ -8,41 +8,64 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cikabm.calibrate import _bisect, calibrate_adjuvant
+from cikabm.calibrate import CALIBRATION_SEED_BASE, calibrate_adjuvant, calibration_seeds, rfs_statistics
 from cikabm.scenario import scenario_from_dict
 from cikabm.trial_params import TrialScenario
 
+#: Synthetic cumulative hazard H(t) = foci * ALPHA * (1 - exp(-t / 24)) + de_novo * BETA * t (t in months):
+#: at foci 2 and de novo 0.1 per year, RFS is 0.5 at 30 months and 0.3 at 60 months.
+ALPHA, BETA = 0.17875, 0.14597
+GRID = np.linspace(0.0, 600.0, 60001)
 
-def test_bisect_finds_the_root_of_an_increasing_function():
-    assert _bisect(lambda x: x**3 - 2.0, 0.0, 2.0, 40) == pytest.approx(2.0 ** (1 / 3), abs=1e-9)
 
-
-def synthetic_cohort(ts: TrialScenario, n: int) -> pd.DataFrame:
-    """Exponential RFS whose control median falls with escape size and whose HR falls with homing.
-
-    Control median = 30 months at escape 1e7 (halving per decade); HR = 0.63 at homing 1e-14.
-    """
-    escape = ts.adjuvant.escape_physical_cells
-    homing = ts.homing.cik_per_site_per_day
-    median = 30.0 * 2.0 ** (-(math.log10(escape) - 7.0))
-    hr = 0.63 ** (1.0 + (math.log10(homing) + 14.0))
-    rng = np.random.default_rng(0)  # the same cohort every call, as with common random numbers
-    u = rng.random(n)
+def synthetic_cohort(ts: TrialScenario, n: int, seed: int) -> pd.DataFrame:
+    """RFS from the hazard above; the treated arm's hazard is scaled by 0.63 ** (13 + log10(homing)),
+    so HR 0.63 at homing 1e-12. The same uniforms for a seed every call (common random numbers)."""
+    foci, de_novo = ts.adjuvant.foci_mean_at_5cm, ts.adjuvant.de_novo_per_year
+    hr = 0.63 ** (1.0 + (math.log10(ts.homing.cik_per_site_per_day) + 12.0))
+    cumulative = foci * ALPHA * (1.0 - np.exp(-GRID / 24.0)) + de_novo * BETA * GRID
+    u = np.random.default_rng(seed).random(n)
     rows = []
     for arm in ts.arms:
-        rate = math.log(2.0) / median * (hr if arm.name != ts.trial.reference_arm else 1.0)
-        t = -np.log(u) / rate
+        scale = hr if arm.name != ts.trial.reference_arm else 1.0
+        t = np.interp(-np.log(u), scale * cumulative, GRID)
         rows.append(pd.DataFrame({"patient_id": np.arange(n), "arm": arm.name,
-                                  "rfs_months": np.minimum(t, 600.0), "rfs_event": t < 600.0}))
+                                  "rfs_months": np.minimum(t, 60.0), "rfs_event": t < 60.0}))
     return pd.concat(rows, ignore_index=True)
 
 
-def test_calibration_recovers_known_parameters():
-    ts = scenario_from_dict({"trial": {"patients": 4000}}, model=TrialScenario)
-    result = calibrate_adjuvant(ts, synthetic_cohort, control_median_months=30.0, hazard_ratio=0.63,
-                                treatment_arm="cik", iterations=14, report=lambda line: None)
-    assert math.log10(result.escape_physical_cells) == pytest.approx(7.0, abs=0.05)
-    assert math.log10(result.cik_per_site_per_day) == pytest.approx(-14.0, abs=0.1)
-    assert result.control_median_months == pytest.approx(30.0, rel=0.05)
+def test_synthetic_cohort_hits_the_targets_at_the_known_values():
+    ts = scenario_from_dict({"adjuvant": {"foci_mean_at_5cm": 2.0, "de_novo_per_year": 0.1},
+                             "homing": {"cik_per_site_per_day": 1e-12}}, model=TrialScenario)
+    st = rfs_statistics(synthetic_cohort(ts, 40_000, 1), "control", "cik", median_months=30.0)
+    assert st["median_control"] == pytest.approx(30.0, abs=0.5)
+    assert st["five_year_recurrence"] == pytest.approx(0.70, abs=0.01)
+    assert st["hr"] == pytest.approx(0.63, abs=0.02)
+
+
+def test_calibration_recovers_known_parameters_with_their_spread():
+    ts = scenario_from_dict({"trial": {"patients": 3000}}, model=TrialScenario)
+    result = calibrate_adjuvant(ts, synthetic_cohort, control_median_months=30.0, five_year_recurrence=0.70,
+                                hazard_ratio=0.63, treatment_arm="cik", n_cohorts=3, max_evaluations=40,
+                                report=lambda line: None)
+    assert math.log10(result.foci_mean_at_5cm) == pytest.approx(math.log10(2.0), abs=0.06)
+    assert math.log10(result.de_novo_per_year) == pytest.approx(-1.0, abs=0.12)
+    assert math.log10(result.cik_per_site_per_day) == pytest.approx(-12.0, abs=0.1)
+    assert result.control_median_months == pytest.approx(30.0, abs=1.0)
     assert result.hazard_ratio == pytest.approx(0.63, abs=0.02)
+    assert result.seeds == calibration_seeds(3) == [CALIBRATION_SEED_BASE + i for i in range(3)]
     assert {h["stage"] for h in result.history} == {"control", "treatment"}
+    # each cohort refitted alone: the spread is the fitted values' uncertainty, small for 3000 patients
+    assert [c["seed"] for c in result.per_cohort] == result.seeds
+    for name in ("foci_mean_at_5cm", "de_novo_per_year", "cik_per_site_per_day"):
+        spread = result.spread[name]
+        assert 0.0 <= spread["log10_sd"] < 0.15
+        assert spread["min"] <= getattr(result, name) * 1.5 and spread["max"] >= getattr(result, name) / 1.5
+
+
+def test_a_bracket_without_the_target_is_refused():
+    ts = scenario_from_dict({"trial": {"patients": 500}}, model=TrialScenario)
+    with pytest.raises(ValueError, match="does not contain"):
+        calibrate_adjuvant(ts, synthetic_cohort, control_median_months=30.0, five_year_recurrence=0.70,
+                           hazard_ratio=0.99, treatment_arm="cik", n_cohorts=1, max_evaluations=10,
+                           log10_homing_range=(-12.0, -10.0), report=lambda line: None)

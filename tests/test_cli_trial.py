@@ -45,8 +45,8 @@ doubling_time_median_days = 20.0
 
 [adjuvant]
 foci_mean_at_5cm = 3.0
-escape_cells = 40
-escape_physical_cells = 1e8
+handoff_cells = 40
+lattice_max_days = 10.0
 """
 
 

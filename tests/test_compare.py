@@ -21,6 +21,7 @@ from cikabm.compare import (
     run_comparison,
     schedule_arms,
 )
+from cikabm.mechanism import MECHANISM_COLUMNS, mechanism_breakdown
 from cikabm.scenario import scenario_from_dict
 from cikabm.trial_params import TrialScenario
 
@@ -34,7 +35,7 @@ TINY = {
     "tumour": {"death_rate_per_day": 0.01},
     "homing": {"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 2e-14},
     "cohort": {"doubling_time_median_days": 20.0},
-    "adjuvant": {"foci_mean_at_5cm": 3.0, "escape_cells": 40, "escape_physical_cells": 3e7},
+    "adjuvant": {"foci_mean_at_5cm": 3.0, "handoff_cells": 40, "lattice_max_days": 10.0},
 }
 
 TINY_TOML = """\
@@ -75,8 +76,8 @@ doubling_time_median_days = 20.0
 
 [adjuvant]
 foci_mean_at_5cm = 3.0
-escape_cells = 40
-escape_physical_cells = 3e7
+handoff_cells = 40
+lattice_max_days = 10.0
 """
 
 
@@ -144,7 +145,9 @@ def test_comparison_scenario_replace_and_append():
 
 def test_table_has_one_row_per_arm(comparison):
     table = comparison.table
-    assert list(table.columns) == list(TABLE_COLUMNS)
+    mechanism = [*MECHANISM_COLUMNS, "os_hr"]
+    assert list(table.columns) == [*TABLE_COLUMNS[:-1], *mechanism, "note"]
+    assert table.loc[0, mechanism].isna().all()  # the reference arm has no mechanism of its own
     assert list(table["arm"]) == ["control", "lee2015", "weekly6_biweekly"]
     assert list(table["is_reference"]) == [True, False, False]
     assert (table["endpoint"] == "rfs").all() and (table["n"] == 4).all()
@@ -158,9 +161,41 @@ def test_table_has_one_row_per_arm(comparison):
     assert list(files["arm"]) == list(table["arm"])
 
 
+def test_mechanism_columns_count_each_patient_once(comparison):
+    """Cured + both recurring = recurring in the reference arm; new + both = recurring in the arm; the
+    breakdown by source sums to the cures."""
+    patients = comparison.patients
+    for arm in ("lee2015", "weekly6_biweekly"):
+        b = mechanism_breakdown(patients, arm, "control")
+        assert b["cured"] + b["both_recur"] == b["recurred_ref"]
+        assert b["new"] + b["both_recur"] == b["recurred_arm"]
+        assert b["cured_micrometastasis"] + b["cured_de_novo"] == b["cured"]
+        assert b["early_ref"] + b["late_ref"] == b["recurred_ref"]
+        assert b["patients"] == 4
+        row = comparison.table.set_index("arm").loc[arm]
+        assert row["cured"] == b["cured"] and row["recurred_ref"] == b["recurred_ref"]
+
+
+def test_mechanism_breakdown_on_a_known_table():
+    rows = []
+    for pid, (ref, trt, src) in enumerate([(10.0, None, "micrometastasis"), (30.0, 36.0, "de_novo"),
+                                           (None, None, ""), (20.0, 21.0, "micrometastasis")]):
+        for arm, rec in (("control", ref), ("cik", trt)):
+            rows.append({"patient_id": pid, "arm": arm, "rfs_months": rec or 60.0, "rfs_event": rec is not None,
+                         "recurrence_months": np.nan if rec is None else rec,
+                         "recurrence_source": src if rec is not None else "", "os_event": False,
+                         "cause_of_death": ""})
+    b = mechanism_breakdown(pd.DataFrame(rows), "cik", "control")
+    assert (b["recurred_ref"], b["recurred_arm"], b["cured"], b["both_recur"], b["new"]) == (3, 2, 1, 2, 0)
+    assert b["median_delay_months"] == pytest.approx(3.5)  # delays 6 and 1
+    assert b["cured_micrometastasis"] == 1 and b["cured_de_novo"] == 0
+    assert b["by_source"]["de_novo"]["median_delay_months"] == pytest.approx(6.0)
+    assert (b["early_ref"], b["late_ref"]) == (2, 1)
+
+
 def test_common_random_numbers_across_arms(comparison):
     patients = comparison.patients
-    covariates = ["doubling_time_days", "primary_size_cm", "n_foci", "ligand_mean", "mhc_loss_per_division",
+    covariates = ["doubling_time_days", "primary_size_cm", "mvi", "ligand_mean", "mhc_loss_per_division",
                   "homing_scale", "product_yield", "manufacturing_failed", "primary_size_gt_5cm"]
     per_patient = patients.groupby("patient_id")[covariates].nunique()
     assert (per_patient == 1).all().all()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pytest
 
@@ -21,9 +19,9 @@ SMALL = {
     "lattice": {"shape": [24, 24]},
     "time": {"dt_minutes": 20.0},
     "tumour": {"death_rate_per_day": 0.01},
-    "homing": {"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 2e-14},
+    "homing": {"ctl_per_site_per_day": 2e-4, "cik_per_site_per_day": 5e-12},
     "cohort": {"doubling_time_median_days": 30.0},
-    "adjuvant": {"foci_mean_at_5cm": 2.5, "escape_cells": 60, "escape_physical_cells": 3e7},
+    "adjuvant": {"foci_mean_at_5cm": 2.5, "handoff_cells": 60, "lattice_max_days": 20.0},
 }
 
 
@@ -35,7 +33,8 @@ def small(**over) -> TrialScenario:
 def test_same_patient_same_covariates_in_every_arm():
     rows = simulate_patient(small(), 3)
     assert [r["arm"] for r in rows] == ["control", "cik"]
-    for key in ("doubling_time_days", "primary_size_cm", "n_foci", "ligand_mean", "homing_scale"):
+    for key in ("doubling_time_days", "primary_size_cm", "mvi", "micrometastases_expected", "ligand_mean",
+                "homing_scale", "lesions_micrometastasis", "lesions_de_novo"):
         assert rows[0][key] == rows[1][key]
     assert rows[0]["infusions_received"] == 0
     assert rows[1]["infusions_received"] > 0
@@ -63,8 +62,14 @@ def test_endpoints_are_consistent():
     assert (frame["rfs_months"] <= frame["os_months"] + 1e-12).all()
     assert (frame["rfs_months"] <= 18.0).all() and (frame["os_months"] <= 18.0).all()
     assert (frame["rfs_months"] > 0).all()
-    # an OS event implies an RFS event (death ends RFS too)
+    # an OS event implies an RFS event (death ends RFS too); a cancer death is a death after a recurrence
     assert (~frame["os_event"] | frame["rfs_event"]).all()
+    assert (~frame["css_event"] | frame["os_event"]).all()
+    assert (frame.loc[frame["css_event"], "cause_of_death"] == "cancer").all()
+    assert (frame.loc[frame["css_event"], "recurrence_source"] != "").all()
+    assert set(frame["recurrence_source"]) <= {"", "micrometastasis", "de_novo"}
+    recurred = frame["recurrence_source"] != ""
+    assert (frame.loc[recurred, "burden_at_detection"] >= 1e9).all()
 
 
 def test_workers_do_not_change_results(tmp_path):
@@ -131,17 +136,16 @@ def test_bad_arms_are_named(arms, message):
         small(arms=arms)
 
 
-def test_cik_cells_reaching_the_foci_are_counted():
-    """Each row counts the CIK cells that entered its simulated foci and the number expected per focus
-    over the follow-up, which scales with the homing rate; the control arm gets none."""
+def test_cik_supply_is_counted_and_scales_with_homing():
+    """Each row gives the CIK cells expected per lattice site over the follow-up (homing x blood level), 0
+    in the control arm and after a failed manufacture, doubling with the homing rate."""
     rows = [r for pid in range(6) for r in simulate_patient(small(), pid)]
-    control = [r for r in rows if r["arm"] == "control"]
-    cik = [r for r in rows if r["arm"] == "cik" and r["n_foci"] > 0 and not r["manufacturing_failed"]]
-    for r in control:
-        assert r["cik_arrivals"] == 0
-        assert r["cik_expected_per_focus"] == 0.0 if r["n_foci"] > 0 else math.isnan(r["cik_expected_per_focus"])
-    assert cik and all(r["cik_expected_per_focus"] > 0 for r in cik)
-    doubled = small(homing={"ctl_per_site_per_day": 0.0, "cik_per_site_per_day": 4e-14})
+    for r in rows:
+        if r["arm"] == "control" or r["manufacturing_failed"]:
+            assert r["cik_expected_per_site"] == 0.0 and r["cik_kills"] == 0.0
+    cik = [r for r in rows if r["arm"] == "cik" and not r["manufacturing_failed"]]
+    assert cik and all(r["cik_expected_per_site"] > 0 for r in cik)
+    doubled = small(homing={"ctl_per_site_per_day": 2e-4, "cik_per_site_per_day": 1e-11})
     again = {r["patient_id"]: r for pid in range(6) for r in simulate_patient(doubled, pid) if r["arm"] == "cik"}
     for r in cik:
-        assert again[r["patient_id"]]["cik_expected_per_focus"] == pytest.approx(2 * r["cik_expected_per_focus"])
+        assert again[r["patient_id"]]["cik_expected_per_site"] == pytest.approx(2 * r["cik_expected_per_site"])
