@@ -39,6 +39,9 @@ CALIBRATION_SEED_BASE = 10_000
 #: before 60 months, so that a 60-month follow-up reaches it.
 FIVE_YEARS_MONTHS = 59.9
 
+#: Where the control stage starts (foci_mean_at_5cm, de_novo_per_year): fixed, not the scenario's
+#: current values, so that rerunning a recorded calibration on its own fitted file gives the same fit.
+CONTROL_START = (1.0, 0.05)
 #: Bounds of the control stage's log10 parameters (foci_mean_at_5cm, de_novo_per_year).
 LOG10_LOW = np.array([-1.5, -2.5])
 LOG10_HIGH = np.array([1.5, 0.0])
@@ -191,6 +194,7 @@ def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_medi
                        five_year_recurrence: float, hazard_ratio: float, treatment_arm: str,
                        n_cohorts: int = 4, n_patients: int | None = None, max_evaluations: int = 14,
                        log10_homing_range: tuple[float, float] = (-13.0, -9.0), per_cohort: bool = True,
+                       start: tuple[float, float] = CONTROL_START,
                        report: Callable[[str], None] = print) -> CalibrationResult:
     """Fit the lesion burden, the de novo rate and the CIK homing to RFS targets.
 
@@ -212,12 +216,15 @@ def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_medi
         Most evaluations of the control stage's optimiser.
     per_cohort : bool
         Refit on each cohort alone, for the spread of the fitted values.
+    start : (float, float)
+        Starting ``foci_mean_at_5cm`` and ``de_novo_per_year`` of the control
+        stage (default :data:`CONTROL_START`, whatever the scenario holds).
     """
     n = ts.trial.patients if n_patients is None else n_patients
     seeds = calibration_seeds(n_cohorts)
     history: list[dict[str, Any]] = []
     fitter = _Fitter(ts, run_cohort, seeds, n, treatment_arm, report, history)
-    x0 = np.log10([ts.adjuvant.foci_mean_at_5cm, max(ts.adjuvant.de_novo_per_year, 0.01)])
+    x0 = np.log10(np.asarray(start, dtype=float))
     report(f"stage 1 ({n_cohorts} cohorts x {n} patients): control median RFS -> {control_median_months} months, "
            f"5-year recurrence -> {five_year_recurrence:.0%}")
     x, control_frame = fitter.control_stage((control_median_months, five_year_recurrence), x0, max_evaluations)

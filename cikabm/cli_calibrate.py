@@ -74,7 +74,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from cikabm.trial import CohortRunner, dask_client
     from cikabm.trial_params import TrialScenario
 
-    ts = load_scenario(args.scenario, model=TrialScenario)
+    ts = load_scenario(args.scenario)
+    if not isinstance(ts, TrialScenario):
+        raise UserError(f"{args.scenario} has no [trial] table: calibrate fits trial scenarios")
     arms = [a.name for a in ts.arms]
     if args.treatment_arm not in arms or args.treatment_arm == ts.trial.reference_arm:
         raise UserError(f"--treatment-arm {args.treatment_arm!r}: must be one of the arms {arms} other than "

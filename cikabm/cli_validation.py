@@ -53,7 +53,10 @@ def cmd_validation(args: argparse.Namespace) -> int:
     from cikabm.trial_params import TrialScenario
     from cikabm.validation import README_BEGIN, report_markdown, run_validation, update_readme
 
-    scenarios = [(p, load_scenario(p, model=TrialScenario)) for p in args.scenarios]
+    scenarios = [(p, load_scenario(p)) for p in args.scenarios]
+    for path, ts in scenarios:
+        if not isinstance(ts, TrialScenario):
+            raise UserError(f"{path} has no [trial] table: validation runs trial scenarios")
     if args.readme is not None:
         text = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else ""
         if README_BEGIN not in text:

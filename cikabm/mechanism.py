@@ -5,7 +5,9 @@ Every virtual patient sits in every arm with the same lesions and draws
 directly. For a treated arm against the reference arm (adjuvant setting):
 
 * **cured**: the patient recurs in the reference arm within follow-up, and
-  not in the treated arm;
+  not in the treated arm within the same follow-up (a recurrence delayed past
+  the end of follow-up, or past an other-cause death, counts here: the
+  trial cannot tell it from a cure);
 * **new**: recurs in the treated arm only (chance: the arms' random streams
   part once treatment differs);
 * **delayed**: recurs in both; the delay is the treated arm's recurrence time

@@ -115,3 +115,15 @@ def test_validation_of_the_shipped_scenarios_on_a_reduced_cohort(tmp_path, capsy
     assert list(rows["role"]) == [p.role for p in published]
     assert (table["role"] == "mechanism (model only)").sum() >= 4
     assert set(table["role"]) == {"calibrated", "predicted", "mechanism (model only)"}
+
+
+@pytest.mark.parametrize("command", [["validation", "{s}", "--out", "{o}"],
+                                     ["calibrate", "{s}", "--control-median", "30", "--hr", "0.63",
+                                      "--treatment-arm", "cik"]])
+def test_trial_commands_refuse_a_region_scenario(tmp_path, capsys, command):
+    root = Path(__file__).resolve().parents[1]
+    region = str(root / "scenarios" / "teaching_mhc_loss.toml")
+    args = [a.format(s=region, o=tmp_path / "v") for a in command]
+    assert main(args) == 2
+    assert "has no [trial] table" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
