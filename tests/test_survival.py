@@ -294,3 +294,29 @@ def test_save_km_figures(small_trial: pd.DataFrame, tmp_path) -> None:
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == before  # no pyplot figures left behind
+
+
+def test_landmark_at_the_end_of_follow_up_uses_the_last_follow_up_time():
+    """A 60-month trial whose last patient is censored at 59.7 months still reports survival at 60
+    months: the Kaplan-Meier value at 59.7, which survival_at_time names; without follow_up_months the
+    landmark is left out."""
+    patients = pd.DataFrame({"arm": ["a"] * 4, "os_months": [10.0, 20.0, 30.0, 59.7],
+                             "os_event": [True, False, True, False]})
+    with_fu = endpoint_summary(patients, "os", follow_up_months=60.0)["arms"]["a"]
+    assert with_fu["survival_at"]["60"] == pytest.approx(with_fu["survival_at"]["36"])
+    assert with_fu["survival_at_time"] == {"60": 59.7}
+    plain = endpoint_summary(patients, "os")["arms"]["a"]
+    assert "60" not in plain["survival_at"] and "survival_at_time" not in plain
+
+
+def test_a_subgroup_with_too_few_patients_gets_no_p_value():
+    rng = np.random.default_rng(3)
+    n = 60
+    patients = pd.DataFrame({"arm": ["control"] * n + ["cik"] * n,
+                             "rfs_months": rng.exponential(20.0, 2 * n), "rfs_event": True,
+                             "big": np.r_[np.arange(n) < 8, np.arange(n) < 8]})
+    table = subgroup_summary(patients, "rfs", "big", reference_arm="control").set_index("level")
+    small, large = table.loc[True], table.loc[False]
+    assert small["n"] == 8 and pd.isna(small["hr"]) and pd.isna(small["logrank_p"])
+    assert "too few patients" in small["note"]
+    assert large["n"] == 52 and large["hr"] > 0 and large["logrank_p"] is not None
