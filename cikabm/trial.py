@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,60 @@ def simulate_chunk(ts: TrialScenario, patient_ids: Iterable[int], seed: int) -> 
     return pd.DataFrame(rows)
 
 
+# --------------------------------------------------------------------------- compiling once
+
+#: Seconds a kernel preparation may take before :func:`prepare_kernels` says it is compiling.
+COMPILE_NOTICE_AFTER_S = 2.0
+
+
+def prepare_kernels(ts: TrialScenario, seed: int, report: Callable[[str], None] | None = None) -> float:
+    """Compile (or load from Numba's on-disk cache) every kernel a trial uses, in this process.
+
+    A short lattice run of patient 0's region and one compartment lesion reach
+    every kernel; run before the Dask workers start, it leaves them the cache
+    to load instead of each compiling on its own. When it takes longer than
+    :data:`COMPILE_NOTICE_AFTER_S` (a first run: nothing cached), ``report``
+    (default: standard error) says so, and how long it took once done.
+
+    Returns
+    -------
+    float
+        Seconds it took.
+    """
+    import sys
+    import threading
+    import time
+
+    say = report or (lambda text: print(text, file=sys.stderr, flush=True))
+    told = threading.Event()
+
+    def notice() -> None:
+        told.set()
+        say("compiling the Numba kernels (first run after installing or updating cikabm; about 1-2 minutes, "
+            "then cached on disk)...")
+
+    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, notice)
+    timer.daemon = True
+    start = time.perf_counter()
+    timer.start()
+    try:
+        patient = draw_patient(ts, 0, seed)
+        region = patient_region(ts, patient, ts.arms[-1], initial_cells=max(ts.tumour.initial_cells, 8),
+                                duration_days=1.0, record_every_hours=24.0)
+        sim = Simulation(region.model_copy(update={"effectors": region.effectors.model_copy(
+            update={"capacity": 1000})}), seed=seed, patient=0, threads=1)
+        sim.add_effectors(0, 4)
+        sim.advance(sim.disc.n_steps)
+        inputs = compartment_inputs(ts, region, 2.0, ts.outcomes.lethal_cells)
+        lesion_course(ts, region, inputs, Lesion(0, "warm-up", 0.0, 1000), seed=seed, patient_id=0, n_days=2)
+    finally:
+        timer.cancel()
+    took = time.perf_counter() - start
+    if told.is_set():
+        say(f"kernels compiled in {took:.0f} s")
+    return took
+
+
 # --------------------------------------------------------------------------- running a whole trial
 
 @dataclass
@@ -241,6 +295,8 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     chunks = _chunks(n_patients, ts.trial.chunk_patients)
     todo = [i for i in range(len(chunks)) if not (chunk_dir / f"chunk_{i:05d}.parquet").exists()]
     done_patients = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+    if todo:
+        prepare_kernels(ts, seed)  # once, here: workers then load the cache, and the ETA leaves it out
     bar = tqdm(total=n_patients, initial=done_patients, unit="patient", disable=None if progress is None
                else not progress, desc=ts.scenario.name)
     with bar:

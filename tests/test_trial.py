@@ -149,3 +149,35 @@ def test_cik_supply_is_counted_and_scales_with_homing():
     again = {r["patient_id"]: r for pid in range(6) for r in simulate_patient(doubled, pid) if r["arm"] == "cik"}
     for r in cik:
         assert again[r["patient_id"]]["cik_expected_per_site"] == pytest.approx(2 * r["cik_expected_per_site"])
+
+
+def test_kernels_are_prepared_once_before_the_workers_start(tmp_path, monkeypatch):
+    """run_trial compiles (or loads) the kernels in its own process before it starts the Dask workers,
+    so that they load the cache rather than each compiling."""
+    calls: list[str] = []
+    real_prepare, real_client = trial_module.prepare_kernels, trial_module.dask_client
+
+    def prepare(*args, **kwargs):
+        calls.append("prepare")
+        return real_prepare(*args, **kwargs)
+
+    def client(*args, **kwargs):
+        calls.append("dask")
+        return real_client(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "prepare_kernels", prepare)
+    monkeypatch.setattr(trial_module, "dask_client", client)
+    run_trial(small(), tmp_path / "t", workers=2, progress=False)
+    assert calls == ["prepare", "dask"]
+
+
+def test_a_slow_kernel_preparation_says_it_is_compiling(monkeypatch):
+    messages: list[str] = []
+    monkeypatch.setattr(trial_module, "COMPILE_NOTICE_AFTER_S", 0.0)
+    took = trial_module.prepare_kernels(small(), 5, report=messages.append)
+    assert took >= 0 and messages[0].startswith("compiling the Numba kernels")
+    assert messages[-1].startswith("kernels compiled in")
+    quiet: list[str] = []
+    monkeypatch.setattr(trial_module, "COMPILE_NOTICE_AFTER_S", 60.0)
+    trial_module.prepare_kernels(small(), 5, report=quiet.append)  # cached now: no message
+    assert quiet == []
