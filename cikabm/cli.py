@@ -386,8 +386,10 @@ def cmd_params(args: argparse.Namespace) -> int:
 def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
     """Refuse an output path that cannot be (re)placed, before any work is done.
 
-    ``allowed`` names the files an earlier run of the command leaves (an
-    existing directory holding only those may be replaced).
+    ``allowed`` names the files an earlier run of the command leaves, as names
+    or ``fnmatch`` patterns (an existing directory holding only those may be
+    replaced); a ``.chunks`` folder counts only with the manifest a trial writes
+    in it, so that a user's folder of that name is never taken for one.
 
     Raises
     ------
@@ -403,7 +405,7 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed)
+        foreign = sorted(p.name for p in out.iterdir() if not _is_own_output(p, allowed))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UserError(f"--out {out}: directory exists and holds files that are not cikabm results "
@@ -415,6 +417,16 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
         raise UserError(f"--out {out}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: cannot write in {ancestor} (permission denied)")
+
+
+def _is_own_output(path: Path, allowed: Sequence[str]) -> bool:
+    from fnmatch import fnmatchcase
+
+    if not any(fnmatchcase(path.name, pattern) for pattern in allowed):
+        return False
+    if path.name == ".chunks":
+        return path.is_dir() and (path / "manifest.json").is_file()
+    return True
 
 
 def check_log_path(path: Path) -> None:
@@ -505,8 +517,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
         raise UserError(f"{args.scenario} has no [trial] table: it describes one tumour region; run it "
                         f"with `cikabm run {args.scenario} --out DIR`")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+    from cikabm.replicates import REPLICATE_OUTPUTS
+    from cikabm.trial import TRIAL_OUTPUTS
+
+    check_output_dir(out, REPLICATE_OUTPUTS if args.replicates is not None else TRIAL_OUTPUTS)
     progress = False if (args.no_progress or not sys.stderr.isatty()) else True
     try:
         if args.replicates is not None:
@@ -552,10 +566,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cikabm.scenario import load_scenario
     from cikabm.trial_params import TrialScenario
 
-    ts = load_scenario(args.scenario, model=TrialScenario)
+    ts = load_scenario(args.scenario)
+    if not isinstance(ts, TrialScenario):
+        raise UserError(f"{args.scenario} has no [trial] table: compare runs trial scenarios")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+    from cikabm.compare import COMPARISON_OUTPUTS
+
+    check_output_dir(out, COMPARISON_OUTPUTS)
     mode = "append" if args.append else "replace"
     try:
         comparison_scenario(ts, args.schedules, mode=mode, reference_arm=args.reference)  # fail before any work

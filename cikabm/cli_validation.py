@@ -57,6 +57,10 @@ def cmd_validation(args: argparse.Namespace) -> int:
     for path, ts in scenarios:
         if not isinstance(ts, TrialScenario):
             raise UserError(f"{path} has no [trial] table: validation runs trial scenarios")
+    from cikabm.cli import check_output_dir
+    from cikabm.validation import VALIDATION_OUTPUTS
+
+    check_output_dir(args.out, (*VALIDATION_OUTPUTS, *(ts.scenario.name for _, ts in scenarios)))
     if args.readme is not None:
         text = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else ""
         if README_BEGIN not in text:

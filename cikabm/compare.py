@@ -42,6 +42,7 @@ import pandas as pd
 from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
 from cikabm.schedules import PRESET_SCHEDULES, blood_level, infusion_days
+from cikabm.trial import TRIAL_OUTPUTS
 from cikabm.trial_params import ArmParams, TrialScenario
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ __all__ = [
     "schedule_arms",
 ]
 
+#: What ``cikabm compare`` writes into its output folder: a trial's files and the comparison's.
+COMPARISON_OUTPUTS = (*TRIAL_OUTPUTS, "comparison.csv", "subgroups.csv", "comparison.png")
 #: Schedule names a comparison arm can be built from.
 SCHEDULE_NAMES: tuple[str, ...] = (*PRESET_SCHEDULES, "none")
 #: Upper ends of the "infusions received" groups: 0, 1-8, 9-16, then 17+.

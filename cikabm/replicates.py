@@ -30,6 +30,9 @@ import pandas as pd
 from cikabm.io import atomic_write_json, to_jsonable
 from cikabm.trial_params import TrialScenario
 
+#: What ``cikabm trial --replicates`` writes into its output folder (see :data:`cikabm.trial.TRIAL_OUTPUTS`).
+REPLICATE_OUTPUTS = ("replicate_[0-9][0-9][0-9]", "replicates.csv", "replicates.json", "hr_replicates.png", "*.tmp",
+                     "*.tmp.png")
 #: One-sided significance level of the in-silico power (Lee 2015: one-sided log-rank at 0.05).
 ALPHA_ONE_SIDED = 0.05
 

@@ -54,6 +54,9 @@ from cikabm.simulation import Simulation
 from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
 
 CHUNK_DIR = ".chunks"
+#: What a trial writes into its output folder (names or fnmatch patterns): an existing folder holding
+#: anything else is refused (``cikabm trial``), and a rerun replaces these whole.
+TRIAL_OUTPUTS = ("patients.parquet", "summary.json", "km_*.png", CHUNK_DIR, "*.tmp", "*.tmp.png")
 
 
 def _adjuvant_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, seed: int) -> dict[str, Any]:
@@ -336,7 +339,10 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     patients_df.to_parquet(tmp, index=False)
     tmp.replace(out / "patients.parquet")
     atomic_write_json(out / "summary.json", to_jsonable(summary))
-    save_km_figures(patients_df, out)
+    written = {Path(p).name for p in save_km_figures(patients_df, out)}
+    for stale in out.glob("km_*.png"):  # an earlier run's figure of an endpoint this one lacks
+        if stale.name not in written:
+            stale.unlink()
     shutil.rmtree(chunk_dir)
     return TrialRun(out=out, patients=patients_df, summary=summary)
 

@@ -33,6 +33,8 @@ README_BEGIN = "<!-- validation table: begin -->"
 README_END = "<!-- validation table: end -->"
 #: The in vitro potency fit (stage 1 of the calibration hierarchy).
 POTENCY_CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "potency_calibration.json"
+#: What ``cikabm validation`` writes into its output folder, beside one folder per scenario name.
+VALIDATION_OUTPUTS = ("validation.md", "validation.csv", "validation.json", "*.tmp")
 COLUMNS = ("target", "published", "model", "in published CI", "role", "source")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from cikabm.cli import main
 
@@ -92,3 +93,38 @@ def test_bad_trial_scenario_names_the_field(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trial.patients = -6" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["trial"], ["trial", "--replicates", "2"], ["compare"]])
+def test_trial_commands_refuse_a_folder_with_a_user_file_and_keep_it(tmp_path, capsys, command):
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main([command[0], str(scenario), *command[1:], "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_user_folder_named_chunks_is_not_taken_for_a_trials(tmp_path, capsys):
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    (out / ".chunks").mkdir(parents=True)
+    (out / ".chunks" / "data.csv").write_text("1,2")
+    assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 2
+    assert (out / ".chunks" / "data.csv").read_text() == "1,2"
+
+
+def test_rerun_replaces_its_own_results_whole(tmp_path, capsys):
+    """A rerun into a folder of its own earlier results is allowed, and leaves no stale figure."""
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    (out / "km_pfs.png").write_bytes(b"an earlier run's figure")  # as an advanced trial would leave
+    assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert not (out / "km_pfs.png").exists()
+    assert {"patients.parquet", "summary.json", "km_rfs.png"} <= {p.name for p in out.iterdir()}

@@ -286,3 +286,4 @@ def test_cli_compare_rejects_bad_schedule(tmp_path, capsys):
     assert rc == 2
     assert "control" in capsys.readouterr().err
     assert not out.exists()
+
