@@ -438,6 +438,20 @@ def check_log_path(path: Path) -> None:
         raise UserError(f"--log {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--log {path}: cannot write in {parent} (permission denied)")
+    if path.exists() and not _is_calibration_log(path):
+        raise UserError(f"--log {path}: exists and is not a cikabm calibration log; refusing to replace it. "
+                        "Give a new file name")
+
+
+def _is_calibration_log(path: Path) -> bool:
+    """A JSON object whose ``command`` is a ``cikabm calibrate...`` command (what ``--log`` writes)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("command", "")).startswith("cikabm calibrate")
 
 
 def run_summary_text(results: Any, out: Path | None = None) -> str:

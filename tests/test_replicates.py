@@ -127,3 +127,19 @@ def test_trial_commands_refuse_a_region_scenario(tmp_path, capsys, command):
     assert main(args) == 2
     assert "has no [trial] table" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+def test_calibrate_log_refuses_a_foreign_file_and_keeps_it(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "results.json"
+    log.write_text('{"my": "data"}')
+    assert main(["calibrate", str(root / "scenarios" / "hcc_adjuvant_lee2015.toml"), "--control-median", "30",
+                 "--hr", "0.63", "--treatment-arm", "cik", "--log", str(log)]) == 2
+    assert "is not a cikabm calibration log" in capsys.readouterr().err
+    assert log.read_text() == '{"my": "data"}'
+    # a log of an earlier calibration may be replaced
+    from cikabm.cli import check_log_path
+
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"command": "cikabm calibrate x.toml --hr 0.63"}))
+    check_log_path(earlier)
