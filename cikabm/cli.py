@@ -605,6 +605,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def comparison_text(table: Any, summary: dict[str, Any], out: Path) -> str:
     """The comparison table of a finished ``cikabm compare``, for the terminal."""
+    from cikabm.survival import format_median
+
     def fmt(x: Any, spec: str = ".1f") -> str:
         return "NR" if x is None or x != x else format(x, spec)
 
@@ -617,15 +619,17 @@ def comparison_text(table: Any, summary: dict[str, Any], out: Path) -> str:
         hr = ("reference" if row.is_reference else
               f"HR {fmt(row.hr, '.2f')} ({fmt(row.hr_ci_low, '.2f')}-{fmt(row.hr_ci_high, '.2f')}), "
               f"log-rank p {fmt(row.logrank_p, '.3g')}")
-        lines.append(f"  {row.arm:<{width}} median {fmt(row.median_months)} months "
-                     f"(95 % CI {fmt(row.median_ci_low)}-{fmt(row.median_ci_high)}), "
-                     f"{fmt(row.infusions_mean)} infusions; {hr}")
+        median = format_median(*(None if x != x else x for x in (row.median_months, row.median_ci_low,
+                                                                 row.median_ci_high)))
+        lines.append(f"  {row.arm:<{width}} {median}, {fmt(row.infusions_mean)} infusions; {hr}")
     lines.append(f"results written to {out}")
     return "\n".join(lines) + "\n"
 
 
 def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
     """Medians and hazard ratios of a finished trial, for the terminal."""
+    from cikabm.survival import format_median
+
     lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
              f"{len(summary['arms'])} arms, {summary['setting']} setting"]
 
@@ -635,8 +639,8 @@ def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
     for endpoint, result in summary["endpoints"].items():
         lines.append(f"{endpoint.upper()}:")
         for arm, a in result["arms"].items():
-            lines.append(f"  {arm:<12} median {fmt(a['median_months'])} months "
-                         f"(95 % CI {fmt(a['ci_low'])}-{fmt(a['ci_high'])}), {a['events']} events in {a['n']}")
+            lines.append(f"  {arm:<12} {format_median(a['median_months'], a['ci_low'], a['ci_high'])}, "
+                         f"{a['events']} events in {a['n']}")
         for name, c in result.get("comparisons", {}).items():
             lines.append(f"  {name}: HR {fmt(c['hr'], '.2f')} (95 % CI {fmt(c['hr_ci_low'], '.2f')}-"
                          f"{fmt(c['hr_ci_high'], '.2f')}), log-rank p {fmt(c['logrank_p'], '.3g')}")

@@ -53,6 +53,7 @@ __all__ = [
     "LANDMARK_MONTHS",
     "endpoint_columns",
     "endpoint_summary",
+    "format_median",
     "plot_km",
     "save_km_figures",
     "subgroup_summary",
@@ -84,6 +85,28 @@ def _num(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def format_median(median: float | None, low: float | None, high: float | None, unit: str = "months") -> str:
+    """A Kaplan-Meier median with its 95 % CI in words: the one formatter of "not reached".
+
+    >>> format_median(26.05, 21.5, 31.8)
+    'median 26.1 months (95 % CI 21.5-31.8)'
+    >>> format_median(43.0, 30.6, None)
+    'median 43.0 months (95 % CI 30.6-not reached)'
+    >>> format_median(None, 40.2, None)
+    'median not reached (95 % CI from 40.2 months)'
+    >>> format_median(None, None, None)
+    'median not reached'
+    """
+    def bad(x: float | None) -> bool:
+        return x is None or not math.isfinite(float(x))
+
+    if bad(median):
+        return "median not reached" if bad(low) else f"median not reached (95 % CI from {low:.1f} {unit})"
+    ci_low = "?" if bad(low) else f"{low:.1f}"
+    ci_high = "not reached" if bad(high) else f"{high:.1f}"
+    return f"median {median:.1f} {unit} (95 % CI {ci_low}-{ci_high})"
 
 
 def endpoint_columns(endpoint: str) -> tuple[str, str]:

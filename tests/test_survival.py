@@ -320,3 +320,12 @@ def test_a_subgroup_with_too_few_patients_gets_no_p_value():
     assert small["n"] == 8 and pd.isna(small["hr"]) and pd.isna(small["logrank_p"])
     assert "too few patients" in small["note"]
     assert large["n"] == 52 and large["hr"] > 0 and large["logrank_p"] is not None
+
+
+def test_one_formatter_says_not_reached_in_words():
+    from cikabm.survival import format_median
+
+    assert format_median(26.05, 21.5, 31.8) == "median 26.1 months (95 % CI 21.5-31.8)"
+    assert format_median(43.0, 30.6, None) == "median 43.0 months (95 % CI 30.6-not reached)"
+    assert format_median(None, 40.2, None) == "median not reached (95 % CI from 40.2 months)"
+    assert format_median(None, None, None) == format_median(float("nan"), None, None) == "median not reached"
