@@ -89,6 +89,23 @@ def scheduled_infusions(scenario: Scenario) -> np.ndarray:
     return infusion_days(schedule_phases(scenario), scenario.dosing.start_day)
 
 
+def blood_per_step(scenario: Scenario, n_steps: int, dt_days: float, shift_days: float = 0.0) -> np.ndarray:
+    """Mean blood CIK level over each of ``n_steps`` steps of ``dt_days``, the clock starting
+    ``shift_days`` after day 0 (earlier doses still count)."""
+    doses = scheduled_infusions(scenario) - shift_days
+    doses = doses[doses < n_steps * dt_days]
+    p = scenario.persistence
+    return mean_blood_over_steps(n_steps, dt_days, doses, scenario.dosing.dose_cells, p.fast_fraction,
+                                 p.fast_half_life_days, p.slow_half_life_days)
+
+
+def cik_arrivals_per_step(scenario: Scenario, sites: float, n_steps: int, dt_days: float,
+                          shift_days: float = 0.0) -> np.ndarray:
+    """Expected CIK arrivals into ``sites`` lattice sites in each step: homing x blood level x dt."""
+    return scenario.homing.cik_per_site_per_day * sites * blood_per_step(scenario, n_steps, dt_days,
+                                                                         shift_days) * dt_days
+
+
 def kernel_parameters(scenario: Scenario) -> Discretisation:
     """Convert a validated scenario into kernel parameters and per-step inputs."""
     dims = scenario.dims
@@ -165,14 +182,9 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
     )
 
     doses = scheduled_infusions(scenario)
-    duration = n_steps * dt_d
-    doses = doses[doses < duration]
-    blood = mean_blood_over_steps(n_steps, dt_d, doses, scenario.dosing.dose_cells,
-                                  scenario.persistence.fast_fraction,
-                                  scenario.persistence.fast_half_life_days,
-                                  scenario.persistence.slow_half_life_days)
+    doses = doses[doses < n_steps * dt_d]
     sites = n_sites(geom)
-    mean_cik = scenario.homing.cik_per_site_per_day * sites * blood * dt_d
+    mean_cik = cik_arrivals_per_step(scenario, sites, n_steps, dt_d)
     mean_ctl = scenario.homing.ctl_per_site_per_day * sites * dt_d
     return Discretisation(geometry=geom, params=params, dt_days=dt_d, n_steps=n_steps,
                           record_every=record_every, infusion_days=doses,

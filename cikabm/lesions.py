@@ -34,12 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cikabm.convert import kernel_parameters, scheduled_infusions
+from cikabm.convert import cik_arrivals_per_step, kernel_parameters
 from cikabm.kernels import compartment as ck
 from cikabm.kernels import core
 from cikabm.kernels.geometry import n_sites
 from cikabm.params import KIND_KEYS, Scenario
-from cikabm.schedules import mean_blood_over_steps
 from cikabm.trial_params import TrialScenario
 
 #: Lesion sources, as written in ``patients.parquet``.
@@ -130,15 +129,6 @@ def mhc_lost_fraction_at(cells: float, mhc_loss_per_division: float) -> float:
     return min(1.0, mhc_loss_per_division * math.log(max(cells, 1.0)))
 
 
-def blood_per_step(region: Scenario, n_steps: int, dt_days: float, shift_days: float = 0.0) -> np.ndarray:
-    """Mean blood CIK level over each step of ``dt_days``, the clock starting ``shift_days`` after day 0."""
-    doses = scheduled_infusions(region) - shift_days
-    doses = doses[doses < n_steps * dt_days]
-    p = region.persistence
-    return mean_blood_over_steps(n_steps, dt_days, doses, region.dosing.dose_cells, p.fast_fraction,
-                                 p.fast_half_life_days, p.slow_half_life_days)
-
-
 def compartment_inputs(ts: TrialScenario, region: Scenario, horizon_days: float, stop_cells: float
                        ) -> CompartmentInputs:
     """Compartment parameters from the lattice's own rules (the well-mixed limit of check 4).
@@ -198,7 +188,7 @@ def compartment_inputs(ts: TrialScenario, region: Scenario, horizon_days: float,
     scal[ck.S_STOCHASTIC] = adj.stochastic_below_cells
     scal[ck.S_DT] = dt
     scal[ck.S_STOP] = stop_cells
-    cik = region.homing.cik_per_site_per_day * blood_per_step(region, n_steps, dt) * dt
+    cik = cik_arrivals_per_step(region, 1.0, n_steps, dt)  # per site: the kernel scales by A(N)
     return CompartmentInputs(params=(scal, a, tau, q, mu, shares.astype(np.float64)), cik_per_step=cik,
                              steps_per_day=steps_per_day, dt_days=dt)
 
@@ -220,9 +210,8 @@ def _lattice_phase(ts: TrialScenario, region: Scenario, lesion: Lesion, seed: in
                      seed=seed, patient=key, threads=1)
     if lesion.onset_day > 0:  # the supply of a lesion arising after day 0 follows the patient's clock
         d = sim.disc
-        blood = blood_per_step(region, d.n_steps, d.dt_days, shift_days=lesion.onset_day)
-        sim.disc = dataclasses.replace(d, mean_cik_arrivals=region.homing.cik_per_site_per_day
-                                       * n_sites(d.geometry) * blood * d.dt_days)
+        sim.disc = dataclasses.replace(d, mean_cik_arrivals=cik_arrivals_per_step(
+            region, n_sites(d.geometry), d.n_steps, d.dt_days, shift_days=lesion.onset_day))
     steps = max(1, round(adj.check_every_days / sim.disc.dt_days))
     status = ck.RAN_TO_END
     while sim.step < sim.disc.n_steps:

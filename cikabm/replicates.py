@@ -19,6 +19,7 @@ as any trial), then writes
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ class ReplicateRun:
     out: Path
     table: pd.DataFrame
     summary: dict[str, Any]
+    summaries: list[dict[str, Any]]  # each replicate's summary.json, in replicate order
+
+    def patients(self, replicate: int) -> pd.DataFrame:
+        """The patient table of one replicate (read from its folder)."""
+        return pd.read_parquet(self.out / f"replicate_{replicate:03d}" / "patients.parquet")
 
 
 def one_sided_p(two_sided: float | None, hr: float | None) -> float | None:
@@ -74,8 +80,9 @@ def replicate_rows(summary: dict[str, Any], replicate: int, seed: int) -> list[d
     return rows
 
 
-def _distribution(values: pd.Series) -> dict[str, Any]:
-    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+def distribution(values: Any) -> dict[str, Any]:
+    """Mean, median and 2.5-97.5 % percentiles of the finite values (None and NaN: not estimable)."""
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
     finite = v[np.isfinite(v)]
     out: dict[str, Any] = {"replicates": int(v.size), "estimable": int(finite.size)}
     if finite.size:
@@ -88,14 +95,14 @@ def summarise(table: pd.DataFrame, *, alpha: float = ALPHA_ONE_SIDED) -> dict[st
     """Per endpoint: the distribution of each arm's median and each comparison's HR, and the power."""
     out: dict[str, Any] = {}
     for endpoint, rows in table.groupby("endpoint", sort=False):
-        arms = {name: {"median_months": _distribution(g["median_months"]),
+        arms = {name: {"median_months": distribution(g["median_months"]),
                        "not_reached": int(g["median_months"].isna().sum()),
-                       **{c: _distribution(g[c]) for c in g.columns if c.startswith("survival_at_")}}
+                       **{c: distribution(g[c]) for c in g.columns if c.startswith("survival_at_")}}
                 for name, g in rows[rows["kind"] == "arm"].groupby("name", sort=False)}
         comps = {}
         for name, g in rows[rows["kind"] == "comparison"].groupby("name", sort=False):
             p = pd.to_numeric(g["one_sided_p"], errors="coerce")
-            comps[name] = {"hr": _distribution(g["hr"]), "logrank_p": _distribution(g["logrank_p"]),
+            comps[name] = {"hr": distribution(g["hr"]), "logrank_p": distribution(g["logrank_p"]),
                            "power_one_sided": float((p < alpha).mean()), "alpha_one_sided": alpha}
         out[str(endpoint)] = {"arms": arms, "comparisons": comps}
     return out
@@ -124,11 +131,13 @@ def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
     with _client(workers, scheduler) as client:
         for r, s in enumerate(seeds):
             run = run_trial(ts, out / f"replicate_{r:03d}", patients=patients, seed=s, workers=1 if client is None
                             else workers, resume=resume, progress=progress, client=client)
             rows.extend(replicate_rows(run.summary, r, s))
+            summaries.append(json.loads(json.dumps(to_jsonable(run.summary))))  # as summary.json holds it
     table = pd.DataFrame(rows)
     summary = {"scenario": ts.scenario.name, "replicates": n_replicates, "seeds": seeds,
                "patients": patients or ts.trial.patients, "reference_arm": ts.trial.reference_arm,
@@ -145,7 +154,7 @@ def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return ReplicateRun(out=out, table=table, summary=summary)
+    return ReplicateRun(out=out, table=table, summary=summary, summaries=summaries)
 
 
 def replicates_text(summary: dict[str, Any], out: Path) -> str:

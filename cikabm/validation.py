@@ -21,12 +21,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cikabm.io import atomic_write_json, to_jsonable
 from cikabm.params import markdown_table
-from cikabm.replicates import ReplicateRun, run_replicates
+from cikabm.replicates import ReplicateRun, distribution, run_replicates
 from cikabm.trial_params import PublishedValue, TrialScenario
 
 README_BEGIN = "<!-- validation table: begin -->"
@@ -36,16 +35,6 @@ POTENCY_CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "pot
 #: What ``cikabm validation`` writes into its output folder, beside one folder per scenario name.
 VALIDATION_OUTPUTS = ("validation.md", "validation.csv", "validation.json", "*.tmp")
 COLUMNS = ("target", "published", "model", "in published CI", "role", "source")
-
-
-def _interval(values: list[float | None]) -> dict[str, Any]:
-    v = np.array([np.nan if x is None else float(x) for x in values])
-    finite = v[np.isfinite(v)]
-    out: dict[str, Any] = {"replicates": int(v.size), "estimable": int(finite.size)}
-    if finite.size:
-        out.update(median=float(np.median(finite)), low=float(np.percentile(finite, 2.5)),
-                   high=float(np.percentile(finite, 97.5)))
-    return out
 
 
 def _event_fraction(patients: pd.DataFrame, endpoint: str, arm: str, months: float) -> float:
@@ -60,9 +49,7 @@ def model_values(entry: PublishedValue, ts: TrialScenario, run: ReplicateRun) ->
     """The model's value of a published quantity in each replicate trial."""
     values: list[float | None] = []
     ref = ts.trial.reference_arm
-    for r in sorted(run.table["replicate"].unique()):
-        rdir = run.out / f"replicate_{r:03d}"
-        summary = json.loads((rdir / "summary.json").read_text())
+    for r, summary in enumerate(run.summaries):
         result = summary["endpoints"].get(entry.endpoint)
         if result is None:
             raise ValueError(f"published entry {entry.quantity} of {entry.endpoint!r}: the trial has no such "
@@ -72,8 +59,7 @@ def model_values(entry: PublishedValue, ts: TrialScenario, run: ReplicateRun) ->
         elif entry.quantity == "hazard_ratio":
             values.append(result["comparisons"][f"{entry.arm}_vs_{ref}"]["hr"])
         else:
-            patients = pd.read_parquet(rdir / "patients.parquet")
-            values.append(_event_fraction(patients, entry.endpoint, entry.arm, entry.months))
+            values.append(_event_fraction(run.patients(r), entry.endpoint, entry.arm, entry.months))
     return values
 
 
@@ -96,11 +82,11 @@ def published_rows(ts: TrialScenario, run: ReplicateRun) -> list[dict[str, Any]]
     rows = []
     for entry in ts.published:
         spec = ".0%" if entry.quantity == "event_fraction" else (".2f" if entry.quantity == "hazard_ratio" else ".1f")
-        dist = _interval(model_values(entry, ts, run))
+        dist = distribution(model_values(entry, ts, run))
         ci = "" if entry.ci_low is None or entry.ci_high is None else \
             f" ({format(entry.ci_low, spec)}-{format(entry.ci_high, spec)})"
         model = "not estimable" if not dist["estimable"] else (
-            f"{_fmt(dist['median'], spec)} ({_fmt(dist['low'], spec)}-{_fmt(dist['high'], spec)})")
+            f"{_fmt(dist['median'], spec)} ({_fmt(dist['p2_5'], spec)}-{_fmt(dist['p97_5'], spec)})")
         if dist["estimable"] < dist["replicates"]:
             model += f"; NR in {dist['replicates'] - dist['estimable']} of {dist['replicates']}"
         inside = ("" if entry.ci_low is None or entry.ci_high is None or not dist["estimable"]
@@ -117,8 +103,7 @@ def mechanism_rows(ts: TrialScenario, run: ReplicateRun) -> list[dict[str, Any]]
     if ts.trial.setting != "adjuvant":
         return []
     per: dict[str, dict[str, list[float | None]]] = {}
-    for r in sorted(run.table["replicate"].unique()):
-        summary = json.loads((run.out / f"replicate_{r:03d}" / "summary.json").read_text())
+    for summary in run.summaries:
         for name, m in summary.get("mechanism", {}).items():
             d = per.setdefault(name, {})
             d.setdefault("cured share of control recurrences", []).append(
@@ -132,10 +117,10 @@ def mechanism_rows(ts: TrialScenario, run: ReplicateRun) -> list[dict[str, Any]]
     rows = []
     for name, quantities in per.items():
         for label, values in quantities.items():
-            dist = _interval(values)
+            dist = distribution(values)
             spec = ".1f" if "months" in label or "per 100" in label else ".0%"
             model = "not estimable" if not dist["estimable"] else (
-                f"{_fmt(dist['median'], spec)} ({_fmt(dist['low'], spec)}-{_fmt(dist['high'], spec)})")
+                f"{_fmt(dist['median'], spec)} ({_fmt(dist['p2_5'], spec)}-{_fmt(dist['p97_5'], spec)})")
             rows.append({"target": f"{ts.scenario.name}: {name.replace('_', ' ')}, {label}", "published": "",
                          "model": model, "in published CI": "", "role": "mechanism (model only)",
                          "source": "patients.parquet of each replicate (cikabm.mechanism)",
