@@ -19,6 +19,26 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _mesa_lines(report: dict[str, Any], *, markdown: bool) -> list[str]:
+    """The Mesa reference against the kernel, one line per configuration (terminal or Markdown)."""
+    mesa = report["mesa"]
+    out = []
+    for name in mesa.get("configurations", ()):
+        if "mesa" in report["configurations"][name]:
+            cmp_ = report["configurations"][name]["mesa"]
+            if markdown:
+                out.append(f"Mesa reference on {name}: {cmp_['mesa_agent_updates_per_s']:.3g} agent updates/s, "
+                           f"kernel on 1 thread {cmp_['kernel_agent_updates_per_s']:.3g}: **mesa_ratio "
+                           f"{cmp_['mesa_ratio']:.0f}x**{_ratio_min_text(cmp_)}")
+            else:
+                out.append(f"Mesa reference on {name}: {cmp_['mesa_agent_updates_per_s']:.3g} agent updates/s; "
+                           f"kernel (1 thread) {cmp_['kernel_agent_updates_per_s']:.3g}: mesa_ratio "
+                           f"{cmp_['mesa_ratio']:.0f}x{_ratio_min_text(cmp_)}")
+    if "note" in mesa:
+        out.append(f"Mesa: {mesa['note']}")
+    return out
+
+
 def _ratio_min_text(comparison: dict[str, Any]) -> str:
     """`` (fastest repeats: Nx)`` where the comparison has ``mesa_ratio_min`` (older reports may not)."""
     ratio = comparison.get("mesa_ratio_min")
@@ -52,15 +72,7 @@ def summary_text(report: dict[str, Any]) -> str:
     if "cache_load_seconds" in c:
         lines.append(f"kernels: loaded from cache in {c['cache_load_seconds']['median']:.2f} s"
                      + (f", cold compile {cold:.1f} s" if cold is not None else ""))
-    mesa = report["mesa"]
-    for name in mesa.get("configurations", ()):
-        if "mesa" in report["configurations"][name]:
-            cmp_ = report["configurations"][name]["mesa"]
-            lines.append(f"Mesa reference on {name}: {cmp_['mesa_agent_updates_per_s']:.3g} agent updates/s; "
-                         f"kernel (1 thread) {cmp_['kernel_agent_updates_per_s']:.3g}: mesa_ratio "
-                         f"{cmp_['mesa_ratio']:.0f}x{_ratio_min_text(cmp_)}")
-    if "note" in mesa:
-        lines.append(f"Mesa: {mesa['note']}")
+    lines.extend(_mesa_lines(report, markdown=False))
     ok = report["checks"]["identical_across_threads"]
     if ok is False:
         bad = [n for n, v in report["checks"]["identical_by_configuration"].items() if not v]
@@ -115,15 +127,7 @@ def markdown_report(report: dict[str, Any], *, image_dir: str | None = None) -> 
                      f"(import {c['import_seconds']['median']:.2f} s)")
     if c.get("cold_compile_seconds") is not None:
         parts.append(f"cold compile {c['cold_compile_seconds']:.1f} s")
-    mesa = report["mesa"]
-    for name in mesa.get("configurations", ()):
-        if "mesa" in report["configurations"][name]:
-            cmp_ = report["configurations"][name]["mesa"]
-            parts.append(f"Mesa reference on {name}: {cmp_['mesa_agent_updates_per_s']:.3g} agent updates/s, kernel "
-                         f"on 1 thread {cmp_['kernel_agent_updates_per_s']:.3g}: **mesa_ratio "
-                         f"{cmp_['mesa_ratio']:.0f}x**{_ratio_min_text(cmp_)}")
-    if "note" in mesa:
-        parts.append(f"Mesa: {mesa['note']}")
+    parts.extend(_mesa_lines(report, markdown=True))
     if parts:
         out += ["", "; ".join(parts) + "."]
     if image_dir is not None:
