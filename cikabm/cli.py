@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Run a scenario and write, atomically, DIR/timeseries.csv, DIR/summary.json, "
                           "DIR/scenario.toml (a copy of the input), DIR/populations.png and "
                           "DIR/snapshots.png. A failed or interrupted run writes nothing."),
-        epilog=_wrap("An existing DIR is replaced only when it is empty or holds nothing but the files "
-                     "of an earlier run (" + ", ".join(OUTPUT_FILES) + ").",
+        epilog=_wrap("An existing DIR is used only when it is empty or holds nothing but the files "
+                     "of an earlier run (" + ", ".join(OUTPUT_FILES) + "), which are replaced whole; "
+                     "a file that appears in DIR during the run is kept.",
                      "example:\n  cikabm run scenarios/teaching_mhc_loss.toml --out results/teaching"),
         formatter_class=_Formatter)
     run.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
@@ -398,6 +399,8 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
         files of an earlier run, or lies under a file or a directory that
         cannot be written.
     """
+    from cikabm.io import is_own_output
+
     if out.absolute().name in ("", ".", ".."):
         raise UserError(f"--out {out}: give a directory with a name of its own, e.g. {out}/results")
     if out.is_symlink():
@@ -405,7 +408,7 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
-        foreign = sorted(p.name for p in out.iterdir() if not _is_own_output(p, allowed))
+        foreign = sorted(p.name for p in out.iterdir() if not is_own_output(p, allowed))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UserError(f"--out {out}: directory exists and holds files that are not cikabm results "
@@ -419,13 +422,23 @@ def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
         raise UserError(f"--out {out}: cannot write in {ancestor} (permission denied)")
 
 
-def _is_own_output(path: Path, allowed: Sequence[str]) -> bool:
-    from fnmatch import fnmatchcase
+def replace_output_dir(out: Path, writer: Any, own: Sequence[str]) -> bool:
+    """Write a command's folder whole (:func:`cikabm.io.write_output_dir`) by the rule of :func:`check_output_dir`.
 
-    if not any(fnmatchcase(path.name, pattern) for pattern in allowed):
+    Only the command's ``own`` files of an earlier run are replaced; anything
+    else that appeared in ``out`` meanwhile is kept, and the user is told.
+    Returns False, having said why, when the folder could not be written.
+    """
+    from cikabm.io import write_output_dir
+
+    def kept(names: list[str]) -> None:
+        _write_stdout(f"kept what appeared in {out} while the command ran: {', '.join(names)}\n")
+
+    try:
+        write_output_dir(out, writer, own=own, on_kept=kept)
+    except OSError as err:
+        _error(f"could not write the results to {out}: {err}")
         return False
-    if path.name == ".chunks":
-        return path.is_dir() and (path / "manifest.json").is_file()
     return True
 
 
@@ -489,7 +502,6 @@ def run_summary_text(results: Any, out: Path | None = None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """``cikabm run``: run a scenario, write its results atomically."""
     _size_thread_pool(args.threads)
-    from cikabm.io import write_output_dir
     from cikabm.params import Scenario
     from cikabm.scenario import load_scenario
     from cikabm.simulation import Simulation
@@ -511,10 +523,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def writer(tmp: Path) -> None:
         write_results(results, tmp, scenario_source=source_bytes)
 
-    try:
-        write_output_dir(out, writer)
-    except OSError as err:
-        _error(f"could not write the results to {out}: {err}")
+    if not replace_output_dir(out, writer, OUTPUT_FILES):
         return EXIT_FAILED
     _write_stdout(run_summary_text(results, out))
     return EXIT_OK
@@ -720,8 +729,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
     from cikabm.bench import BENCH_FILES, BenchError, run_suite, summary_text, write_report
-    from cikabm.io import write_output_dir
-
     out: Path = args.out
     check_output_dir(out, BENCH_FILES)
     start = time.perf_counter()
@@ -736,10 +743,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except BenchError as err:
         _error(str(err))
         return EXIT_FAILED
-    try:
-        write_output_dir(out, lambda tmp: write_report(report, tmp))
-    except OSError as err:
-        _error(f"could not write the results to {out}: {err}")
+    if not replace_output_dir(out, lambda tmp: write_report(report, tmp), BENCH_FILES):
         return EXIT_FAILED
     _write_stdout(summary_text(report) + f"results written to {out}\n")
     if report["checks"]["identical_across_threads"] is False:

@@ -137,8 +137,7 @@ def cmd_assay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cikabm.assay import DEFAULT_ET, AssayCondition, AssayDesign, run_assay
-    from cikabm.cli import EXIT_FAILED, EXIT_OK, UserError, _error, _write_stdout, check_output_dir
-    from cikabm.io import write_output_dir
+    from cikabm.cli import EXIT_FAILED, EXIT_OK, UserError, _write_stdout, check_output_dir, replace_output_dir
 
     scenario = _load(args.scenario)
     check_output_dir(args.out, ASSAY_FILES)
@@ -174,10 +173,7 @@ def cmd_assay(args: argparse.Namespace) -> int:
             "table": table.to_dict(orient="records"),
             "blocking_fall": {"table": fall.to_dict(orient="records"), "source": NKG2D_BLOCKING_SOURCE}}))
 
-    try:
-        write_output_dir(args.out, writer)
-    except OSError as err:
-        _error(f"could not write the results to {args.out}: {err}")
+    if not replace_output_dir(args.out, writer, ASSAY_FILES):
         return EXIT_FAILED
     _write_stdout(assay_text(table, args.out, fall))
     return EXIT_OK

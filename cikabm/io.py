@@ -15,13 +15,46 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_json", "atomic_write_text", "to_jsonable", "write_output_dir"]
+__all__ = ["atomic_write_json", "atomic_write_text", "is_own_output", "to_jsonable", "write_output_dir"]
+
+#: The folder in which a trial keeps its finished patients; it is a trial's own
+#: only with the manifest the trial writes in it, so a user's folder of that
+#: name is never taken for one.
+CHUNK_DIR = ".chunks"
+CHUNK_MANIFEST = "manifest.json"
+
+
+def is_own_output(path: Path, own: Sequence[str]) -> bool:
+    """Whether ``path`` is a file a cikabm command wrote, by its name.
+
+    ``own`` holds names or :mod:`fnmatch` patterns of the files a command
+    writes into its output folder. This is the one rule of every command that
+    writes a folder: an existing folder is reused only when each entry passes
+    it, and when results are replaced, only entries that pass it are removed.
+
+    Parameters
+    ----------
+    path : Path
+        An entry of an output folder.
+    own : sequence of str
+        The command's own file names or patterns.
+
+    Returns
+    -------
+    bool
+    """
+    if not any(fnmatchcase(path.name, pattern) for pattern in own):
+        return False
+    if path.name == CHUNK_DIR:
+        return path.is_dir() and (path / CHUNK_MANIFEST).is_file()
+    return True
 
 
 def _umask() -> int:
@@ -49,14 +82,18 @@ def _remove_created_dirs(created: list[Path]) -> None:
 
 
 def write_output_dir(out: str | os.PathLike[str], writer: Callable[[Path], None], *,
-                     overwrite: bool = True) -> Path:
+                     overwrite: bool = True, own: Sequence[str] | None = None,
+                     on_kept: Callable[[list[str]], None] | None = None) -> Path:
     """Create (or replace) directory ``out`` atomically, filled by ``writer``.
 
     ``writer`` receives a fresh, empty temporary directory beside ``out`` (same
     parent, named ``.{name}.tmp-XXXX``) and writes every output file into it.
     Only when it returns is the directory renamed into place. If ``out``
     already exists it is first moved aside to a hidden trash sibling, the new
-    directory takes its place, and the old one is then deleted.
+    directory takes its place, and the old one's own files (``own``) are
+    deleted. Anything else in it (a file that appeared while ``writer`` ran) is
+    moved into the new directory: what the command did not write is never
+    deleted.
 
     Parameters
     ----------
@@ -68,6 +105,13 @@ def write_output_dir(out: str | os.PathLike[str], writer: Callable[[Path], None]
     overwrite : bool, default True
         Replace an existing directory ``out``. If False an existing ``out``
         raises :class:`FileExistsError` before ``writer`` is called.
+    own : sequence of str, optional
+        Names or patterns of the files the command writes (see
+        :func:`is_own_output`): the entries of an old ``out`` that are removed.
+        Default: none, so every entry of an old ``out`` that the new one does
+        not hold is kept.
+    on_kept : callable, optional
+        ``on_kept(names)`` is told the entries kept from the old ``out``, if any.
 
     Returns
     -------
@@ -121,19 +165,26 @@ def write_output_dir(out: str | os.PathLike[str], writer: Callable[[Path], None]
     try:
         writer(tmp)
         tmp.chmod(0o777 & ~_umask())
-        _swap_into_place(tmp, out)
+        kept = _swap_into_place(tmp, out, () if own is None else own)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_created_dirs(created)
         raise
+    if kept and on_kept is not None:
+        on_kept(kept)
     return out
 
 
-def _swap_into_place(new: Path, out: Path) -> None:
-    """Rename directory ``new`` to ``out``, replacing (then deleting) an existing ``out``."""
+def _swap_into_place(new: Path, out: Path, own: Sequence[str]) -> list[str]:
+    """Rename directory ``new`` to ``out``; an existing ``out`` loses its ``own`` files only.
+
+    Returns the names of the entries carried over from the old ``out``. An
+    entry whose name the new directory also holds is left in the hidden trash
+    folder beside ``out`` (reported by name) rather than deleted.
+    """
     if not out.exists():
         os.rename(new, out)
-        return
+        return []
     trash_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.trash-", dir=out.parent))
     trash = trash_root / out.name
     try:
@@ -147,7 +198,21 @@ def _swap_into_place(new: Path, out: Path) -> None:
         os.rename(trash, out)  # put the old directory back
         trash_root.rmdir()
         raise
-    shutil.rmtree(trash_root, ignore_errors=True)
+    kept: list[str] = []
+    clashes = False
+    for entry in sorted(trash.iterdir()):
+        if is_own_output(entry, own):
+            continue
+        target = out / entry.name
+        if target.exists() or target.is_symlink():
+            clashes = True
+            kept.append(f"{entry.name} (left in {trash_root})")
+            continue
+        os.rename(entry, target)
+        kept.append(entry.name)
+    if not clashes:
+        shutil.rmtree(trash_root, ignore_errors=True)
+    return kept
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:

@@ -154,7 +154,25 @@ def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    _remove_stale_replicates(out, n_replicates)
     return ReplicateRun(out=out, table=table, summary=summary, summaries=summaries)
+
+
+def _remove_stale_replicates(out: Path, n_replicates: int) -> None:
+    """Remove the folders of an earlier run's replicates beyond ``n_replicates``, if they hold only trial results.
+
+    A folder that holds anything else (a user's file) is left where it is.
+    """
+    import shutil
+
+    from cikabm.io import is_own_output
+    from cikabm.trial import TRIAL_OUTPUTS
+
+    for folder in sorted(out.glob("replicate_[0-9][0-9][0-9]")):
+        if int(folder.name.split("_")[1]) < n_replicates or not folder.is_dir() or folder.is_symlink():
+            continue
+        if all(is_own_output(entry, TRIAL_OUTPUTS) for entry in folder.iterdir()):
+            shutil.rmtree(folder)
 
 
 def replicates_text(summary: dict[str, Any], out: Path) -> str:

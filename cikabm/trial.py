@@ -39,7 +39,7 @@ import pandas as pd
 
 from cikabm import __version__
 from cikabm.course import clinical_course, outcome_row, progression_day
-from cikabm.io import atomic_write_json, to_jsonable
+from cikabm.io import CHUNK_DIR, CHUNK_MANIFEST, atomic_write_json, to_jsonable
 from cikabm.kernels.compartment import EXTINCT
 from cikabm.lesions import DE_NOVO, MICROMETASTASIS, Lesion, compartment_inputs, draw_lesions, lesion_course
 from cikabm.patients import (
@@ -53,7 +53,6 @@ from cikabm.patients import (
 from cikabm.simulation import Simulation
 from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
 
-CHUNK_DIR = ".chunks"
 #: What a trial writes into its output folder (names or fnmatch patterns): an existing folder holding
 #: anything else is refused (``cikabm trial``), and a rerun replaces these whole.
 TRIAL_OUTPUTS = ("patients.parquet", "summary.json", "km_*.png", CHUNK_DIR, "*.tmp", "*.tmp.png")
@@ -284,7 +283,7 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     out = Path(out)
     chunk_dir = out / CHUNK_DIR
     fingerprint = _fingerprint(ts, seed, n_patients)
-    manifest_path = chunk_dir / "manifest.json"
+    manifest_path = chunk_dir / CHUNK_MANIFEST
     if chunk_dir.exists():
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if not resume or old.get("fingerprint") != fingerprint:

@@ -140,6 +140,28 @@ def test_run_replaces_previous_results(tiny: Path, tmp_path: Path):
     assert sorted(os.listdir(tmp_path)) == ["out", "tiny.toml"]
 
 
+def test_run_keeps_a_file_created_while_it_runs(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]):
+    """The folder check happens before the simulation; a file that appears meanwhile survives the swap."""
+    from cikabm.simulation import Simulation
+
+    out = tmp_path / "out"
+    assert _run(tiny, out) == 0
+    real_run = Simulation.run
+
+    def run_and_meanwhile_save_a_note(self, *args, **kwargs):
+        (out / "my_notes.txt").write_text("keep me")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Simulation, "run", run_and_meanwhile_save_a_note)
+    capsys.readouterr()
+    assert _run(tiny, out, "--snapshots", "0") == 0
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert not (out / "snapshots.png").exists()  # the earlier run's own file is not left stale
+    assert "my_notes.txt" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["out", "tiny.toml"]
+
+
 def test_run_bad_scenario_writes_nothing(bad: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     before = _listing(tmp_path)
     assert _run(bad, tmp_path / "deep" / "out") == 2

@@ -128,3 +128,34 @@ def test_rerun_replaces_its_own_results_whole(tmp_path, capsys):
     assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     assert not (out / "km_pfs.png").exists()
     assert {"patients.parquet", "summary.json", "km_rfs.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_replicates_rerun_with_fewer_leaves_no_stale_replicate(tmp_path, capsys):
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    args = ["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress", "--replicates"]
+    assert main([*args, "3"]) == 0
+    assert (out / "replicate_002").is_dir()
+    (out / "replicate_001" / "my_notes.txt").write_text("mine")  # a user's file inside a replicate folder
+    assert main([*args, "1"]) == 0
+    assert not (out / "replicate_002").exists()
+    assert (out / "replicate_001" / "my_notes.txt").read_text() == "mine"  # never deleted
+
+
+def test_trial_keeps_a_file_created_while_it_runs(tmp_path, capsys, monkeypatch):
+    import cikabm.trial as trial_module
+
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    out = tmp_path / "out"
+    real = trial_module.simulate_chunk
+
+    def simulate_and_meanwhile_save_a_note(*args, **kwargs):
+        (out / "my_notes.txt").write_text("keep me")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "simulate_chunk", simulate_and_meanwhile_save_a_note)
+    assert main(["trial", str(scenario), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert (out / "summary.json").is_file()

@@ -73,11 +73,47 @@ def test_failing_writer_keeps_existing_output(tmp_path: Path):
 
 def test_overwrite_replaces_contents(tmp_path: Path):
     out = tmp_path / "run"
-    write_output_dir(out, _fill({"old.txt": "old", "same.txt": "1"}))
-    write_output_dir(out, _fill({"new.txt": "new", "same.txt": "2"}))
-    assert sorted(os.listdir(out)) == ["new.txt", "same.txt"]
+    write_output_dir(out, _fill({"old.txt": "old", "same.txt": "1"}), own=("*.txt",))
+    write_output_dir(out, _fill({"new.txt": "new", "same.txt": "2"}), own=("*.txt",))
+    assert sorted(os.listdir(out)) == ["new.txt", "same.txt"]  # the stale own file is gone
     assert (out / "same.txt").read_text() == "2"
     assert os.listdir(tmp_path) == ["run"]
+
+
+def test_a_file_that_appears_while_writing_is_kept(tmp_path: Path):
+    """Only the command's own files of the old folder go; a user's file written meanwhile stays."""
+    out = tmp_path / "run"
+    write_output_dir(out, _fill({"summary.json": "1", "old.png": "stale"}), own=("summary.json", "*.png"))
+    kept: list[list[str]] = []
+
+    def writer(tmp: Path) -> None:
+        (out / "notes.md").write_text("written by the user during the run")
+        (out / "drafts").mkdir()
+        (tmp / "summary.json").write_text("2")
+
+    write_output_dir(out, writer, own=("summary.json", "*.png"), on_kept=kept.append)
+    assert sorted(os.listdir(out)) == ["drafts", "notes.md", "summary.json"]
+    assert (out / "notes.md").read_text() == "written by the user during the run"
+    assert (out / "summary.json").read_text() == "2"
+    assert kept == [["drafts", "notes.md"]]
+    assert os.listdir(tmp_path) == ["run"]  # no trash left behind
+
+
+def test_without_own_patterns_nothing_old_is_deleted(tmp_path: Path):
+    out = tmp_path / "run"
+    write_output_dir(out, _fill({"a.txt": "a"}))
+    write_output_dir(out, _fill({"b.txt": "b"}))
+    assert sorted(os.listdir(out)) == ["a.txt", "b.txt"]
+
+
+def test_is_own_output_takes_a_chunks_folder_only_with_its_manifest(tmp_path: Path):
+    chunks = tmp_path / cio.CHUNK_DIR
+    chunks.mkdir()
+    assert not cio.is_own_output(chunks, (cio.CHUNK_DIR,))
+    (chunks / cio.CHUNK_MANIFEST).write_text("{}")
+    assert cio.is_own_output(chunks, (cio.CHUNK_DIR,))
+    assert cio.is_own_output(tmp_path / "km_os.png", ("km_*.png",))
+    assert not cio.is_own_output(tmp_path / "km_os.png.bak", ("km_*.png",))
 
 
 def test_no_overwrite_refuses_before_writing(tmp_path: Path):
