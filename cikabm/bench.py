@@ -63,8 +63,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cikabm.bench_busy import run_busy_case
 from cikabm.bench_config import (
     BENCH_FILES,
+    BUSY_CONFIG,
     CONFIGS,
     DEFAULT_REPEATS,
     DEFINITIONS,
@@ -359,7 +361,7 @@ def round_sizes(repeats: int, quick: bool) -> list[int]:
 def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool = False,
               threads: Sequence[int] | None = None, repeats: int | None = None,
               machine_name: str | None = None, cold_compile: bool | None = None,
-              command: str | None = None,
+              command: str | None = None, busy: bool = True,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark suite; return the report that ``bench.json`` holds.
 
@@ -384,6 +386,9 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         Also time a compile with an empty cache (default: unless ``quick``).
     command : str, optional
         The command line, recorded in the report.
+    busy : bool, default True
+        Also run the busy-machine case (:mod:`cikabm.bench_busy`) on
+        :data:`BUSY_CONFIG` or the first strong-scaling configuration.
     progress : callable, optional
         Receives one line of text per step of progress.
 
@@ -490,6 +495,13 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
             entry["mesa"] = comparison
             report["mesa"]["configurations"].append(config.name)
             report["mesa"]["mesa_ratio"] = comparison["mesa_ratio"]
+    busy_config = next((c for c in chosen if c.name == BUSY_CONFIG), None) or next(
+        (c for c in chosen if c.kind == "strong"), None)
+    if busy and busy_config is not None:
+        # Rounds of one repeat per thread count, alternating; the full suite adds the active-wait run.
+        report["busy_machine"] = run_busy_case(busy_config, repeats=QUICK_REPEATS if quick else ROUNDS, quick=quick,
+                                               run_worker=_run_worker, worker_env=_worker_env,
+                                               active_wait=not quick, emit=emit)
     if cold_compile:
         emit("cold compile (empty Numba cache)")
         with tempfile.TemporaryDirectory(prefix="cikabm_bench_cache_") as cache:
@@ -501,6 +513,8 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
 
     strong = {n: e["identical_across_threads"] for n, e in report["configurations"].items()
               if e["kind"] == "strong"}
+    if "identical" in report.get("busy_machine", {}):
+        strong["busy_machine"] = report["busy_machine"]["identical"]
     report["checks"] = {
         "identical_across_threads": all(strong.values()) if strong else None,
         "identical_by_configuration": strong,

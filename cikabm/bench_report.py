@@ -45,6 +45,24 @@ def _ratio_min_text(comparison: dict[str, Any]) -> str:
     return f" (fastest repeats: {ratio:.0f}x)" if ratio is not None else ""
 
 
+def _busy_lines(report: dict[str, Any]) -> list[str]:
+    """The busy-machine case in one sentence (console and Markdown alike)."""
+    busy = report.get("busy_machine")
+    if not busy:
+        return []
+    if "skipped" in busy:
+        return [f"busy machine: skipped ({busy['skipped']})"]
+    med = busy["median_seconds"]
+    n = busy["default_threads"]
+    line = (f"busy machine ({busy['busy_process']}, {busy['configuration']}): {n} threads {med[str(n)]:.3f} s, "
+            f"1 thread {med['1']:.3f} s, ratio {busy['ratio_default_over_one']:.2f} "
+            f"({'within' if busy['within_limit'] else 'OVER'} the limit {busy['limit']:g}; "
+            f"OMP_WAIT_POLICY {busy['wait_policy']})")
+    if "active_wait_ratio_over_one" in busy:
+        line += f"; with OMP_WAIT_POLICY=active, ratio {busy['active_wait_ratio_over_one']:.2f}"
+    return [line]
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """The console summary of a report: one table row per configuration and thread count."""
     m = report["machine"]
@@ -73,6 +91,7 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append(f"kernels: loaded from cache in {c['cache_load_seconds']['median']:.2f} s"
                      + (f", cold compile {cold:.1f} s" if cold is not None else ""))
     lines.extend(_mesa_lines(report, markdown=False))
+    lines.extend(_busy_lines(report))
     ok = report["checks"]["identical_across_threads"]
     if ok is False:
         bad = [n for n, v in report["checks"]["identical_by_configuration"].items() if not v]
@@ -128,6 +147,7 @@ def markdown_report(report: dict[str, Any], *, image_dir: str | None = None) -> 
     if c.get("cold_compile_seconds") is not None:
         parts.append(f"cold compile {c['cold_compile_seconds']:.1f} s")
     parts.extend(_mesa_lines(report, markdown=True))
+    parts.extend(_busy_lines(report))
     if parts:
         out += ["", "; ".join(parts) + "."]
     if image_dir is not None:

@@ -84,6 +84,44 @@ def test_quick_run_writes_bench_json_with_documented_keys(quick_run: dict[str, A
     assert set(report["definitions"]) >= set(CONFIG_KEYS) - {"threads"}
 
 
+def test_busy_machine_case_is_recorded(quick_run: dict[str, Any]):
+    """One busy process beside unpinned workers: 1 thread and the default count, alternating, same results."""
+    report = quick_run["report"]
+    busy = report["busy_machine"]
+    if len(os.sched_getaffinity(0)) < 2:
+        assert "skipped" in busy
+        return
+    n = os.cpu_count()
+    assert busy["configuration"] == "2d_64" and busy["default_threads"] == n
+    assert [len(busy["seconds"][k]) for k in ("1", str(n))] == [bench.QUICK_REPEATS] * 2
+    assert busy["ratio_default_over_one"] == pytest.approx(
+        busy["median_seconds"][str(n)] / busy["median_seconds"]["1"])
+    assert busy["within_limit"] == (busy["ratio_default_over_one"] <= busy["limit"])
+    assert busy["identical"] is True and report["checks"]["identical_by_configuration"]["busy_machine"] is True
+    assert "active_wait_seconds" not in busy  # the active-wait comparison is the full suite's
+    assert "busy machine" in quick_run["stdout"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+def test_the_busy_loop_pins_itself_to_its_cpu_and_ends():
+    import time
+
+    from cikabm.bench_busy import busy_loop
+
+    cpu = min(os.sched_getaffinity(0))
+    proc = busy_loop(cpu)
+    try:
+        deadline = time.monotonic() + 10
+        while os.sched_getaffinity(proc.pid) != {cpu} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+        assert proc.poll() is None  # still busy
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode is not None
+
+
 def test_each_thread_count_runs_in_its_own_pinned_worker(quick_run: dict[str, Any]):
     report = quick_run["report"]
     for entry in report["configurations"].values():
@@ -343,7 +381,7 @@ def test_help_lists_the_configurations(capsys: pytest.CaptureFixture[str]):
 def test_full_suite_pools_repeats_taken_in_rounds():
     """Without ``quick`` the repeats run in rounds of workers, thread counts (then Mesa) in turn; rounds are pooled."""
     messages: list[str] = []
-    report = bench.run_suite(["2d_64"], quick=False, threads=[1, 2], repeats=2, cold_compile=False,
+    report = bench.run_suite(["2d_64"], quick=False, threads=[1, 2], repeats=2, cold_compile=False, busy=False,
                              progress=messages.append)
     entry = report["configurations"]["2d_64"]
     rounds = [m for m in messages if ": round " in m]
