@@ -1,7 +1,9 @@
 """Write notebooks/dosing_schedules.ipynb (run: ``python notebooks/build_dosing_schedules.py``).
 
 The notebook is generated here with nbformat rather than edited by hand;
-change the cells below and rerun this script.
+change the cells below and rerun this script. It writes the cells without
+outputs; ``python notebooks/execute.py`` rebuilds the notebook from
+:func:`build`, executes it and stores the outputs (what the repository holds).
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ The command-line equivalent, for the full 230-patient cohort, is
 cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules
 ```
 
-Here we run the same full cohort in this process, on three of its arms (about
-half a minute)."""),
+Here we run the same full cohort and the same four arms in this process; the
+run prints how long it took on the machine that executed this notebook."""),
     ("code", """\
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from IPython.display import Markdown
 
 from cikabm.compare import (
     arm_infusion_days,
@@ -56,20 +60,22 @@ print(ts.scenario.description)
 treated = [a.schedule != "none" for a in ts.arms]
 pd.DataFrame([{"arm": a.name, "schedule": a.schedule, "cells per infusion": a.dose_cells if t else None,
                "infusions": len(arm_infusion_days(a)),
-               "last infusion (week after day 0)": arm_infusion_days(a).max() / 7 if t else None}
+               "first infusion (day)": arm_infusion_days(a).min() if t else None,
+               "last infusion (week after day 0)": arm_infusion_days(a).max() / 7 if t else None,
+               "weeks from first to last infusion": np.ptp(arm_infusion_days(a)) / 7 if t else None}
               for a, t in zip(ts.arms, treated, strict=True)])"""),
     ("md", """\
 ## What the schedules put in the blood
 
 Each infusion adds a two-part exponential to the blood level (a fast part with
 a half-life of days and a persistent part with a half-life of weeks), and CIK
-cells home into a focus at a rate proportional to that level. Both treated
-schedules give 16 infusions of the same size; the design-card schedule
-(`weekly6_biweekly`) gives them all within 24 weeks, Lee 2015 spreads them over
-59 weeks. So the design-card schedule puts more cells in the blood early and
-none after week 27 (counted from day 0; the first infusion is on day 14);
-Lee 2015 keeps a lower level going for more than a year.
-The half-dose arm has the Lee 2015 shape at half the height. The area under
+cells home into a focus at a rate proportional to that level. The full-dose
+schedules give the same number of infusions of the same size (table above);
+the design-card schedule (`weekly6_biweekly`) gives them in less than half the
+weeks that Lee 2015 takes. So the design-card schedule puts more cells in the
+blood early and gives none after its last infusion, while Lee 2015 keeps a
+lower level going for more than a year (weeks counted from day 0, the day of
+resection). The half-dose arm has the Lee 2015 shape at half the height. The area under
 each curve (AUC) in the legend is the same for equal doses: the schedules
 differ in *when*, not in *how much*."""),
     ("code", """\
@@ -80,24 +86,32 @@ plt.show()"""),
     ("md", """\
 ## Run the comparison
 
-`run_comparison` builds the arms from schedule names (here: no CIK, Lee 2015 and
-the design-card schedule; a spec like `lee2015*0.5` halves the dose and
-`choi2018x2` repeats a schedule), runs them with `cikabm.trial.run_trial`
+`run_comparison` builds the arms from schedule specs (here the scenario's four:
+no CIK, Lee 2015, the design-card schedule, and `lee2015*0.5`, Lee 2015 at half
+the dose; `choi2018x2` would repeat a schedule), runs them with `cikabm.trial.run_trial`
 (`workers=1`: in this process; leave it out to use every core through Dask)
 and writes the trial files plus `comparison.csv`, `subgroups.csv` and
 `comparison.png` to the output directory. New arms take the start day and the
 dose of the scenario's first treated arm."""),
     ("code", """\
-PATIENTS = ts.trial.patients  # the full cohort: 230 patients, about half a minute
-out = Path(tempfile.mkdtemp(prefix="cikabm_schedules_"))
+PATIENTS = ts.trial.patients  # the full cohort
+out = Path(tempfile.mkdtemp(prefix="cikabm_schedules_"))  # only the file names are shown below
 started = time.perf_counter()
-cmp = run_comparison(ts, out, ["none", "lee2015", "weekly6_biweekly"], patients=PATIENTS, workers=1,
-                     progress=False)
-print(f"{PATIENTS} patients x {len(cmp.scenario.arms)} arms in {time.perf_counter() - started:.0f} s; "
-      f"files: {sorted(p.name for p in out.iterdir())}")
+cmp = run_comparison(ts, out, ["none", "lee2015", "weekly6_biweekly", "lee2015*0.5"], patients=PATIENTS,
+                     workers=1, progress=False)
+print(f"{PATIENTS} patients x {len(cmp.scenario.arms)} arms; wall time when this notebook was executed: "
+      f"{time.perf_counter() - started:.0f} s")
+print(f"files written: {', '.join(sorted(p.name for p in out.iterdir()))}")
+
+
+def p_value(p: float | None) -> float:
+    \"\"\"Two significant digits: rounding to 2 decimals would show p = 0.0004 as 0.0.\"\"\"
+    return np.nan if pd.isna(p) else float(f"{p:.2g}")
+
+
 columns = ["arm", "n", "events", "median_months", "median_ci_low", "median_ci_high", "hr", "hr_ci_low",
            "hr_ci_high", "logrank_p", "rmst_months", "infusions_mean"]
-cmp.table[columns].round(2)"""),
+cmp.table[columns].round(2).assign(logrank_p=cmp.table["logrank_p"].map(p_value))"""),
     ("md", """\
 **Reading the table.** One row per arm, all on the same patients. `median_months`
 is the Kaplan-Meier median RFS with its 95 % CI (`NaN`: not reached, or the CI
@@ -136,7 +150,7 @@ hazard ratio or p-value."""),
     ("code", """\
 sub = cmp.subgroups
 sub[["by", "level", "arm", "n", "events", "events_ref", "median_months", "median_ref_months", "hr",
-     "hr_ci_low", "hr_ci_high", "logrank_p", "note"]].round(2)"""),
+     "hr_ci_low", "hr_ci_high", "logrank_p", "note"]].round(2).assign(logrank_p=sub["logrank_p"].map(p_value))"""),
     ("code", """\
 size = sub[sub["by"] == "primary_size_gt_5cm"].assign(
     label=lambda d: d["arm"] + ", >5 cm: " + d["level"].astype(str))
@@ -176,31 +190,71 @@ print(f"weekly6_biweekly vs lee2015, same patients: longer RFS for {(diff > 1e-9
 pts.groupby("arm", sort=False)[["lesions_micrometastasis", "lesions_de_novo", "cik_kills",
                                "infusions_received"]].mean().round(2)"""),
     ("md", """\
-**Summary.** The treated schedules deliver the same 16 infusions of the same
-size; they differ in timing. For the full calibrated cohort (230 patients,
-seed 2015), `cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules`
-gave median RFS 26.1 months (control), 43.0 (Lee 2015; HR 0.70, 95 % CI
-0.55-0.89), 51.2 (weekly x6 then every 2 weeks; HR 0.66, 0.52-0.84) and 34.7
-(Lee 2015 at half dose; HR 0.78, 0.62-0.99). The mechanism columns say why: of
-the control arm's 137 recurrences, Lee 2015 cures 31, front-loading 37 and the
-half dose 23, nearly all of them micrometastases (27, 32 and 20); the patients
-who recur in both arms are delayed a median of 3.0, 3.4 and 1.4 months.
-Front-loading puts more CIK cells into the lesions while the micrometastases
-are still small; halving the dose halves the homing at every time and loses a
-quarter of the cures. Repeating the Lee 2015 schedule (`lee2015x2`, 32
-infusions, `--schedules none,lee2015,lee2015x2`) gives HR 0.62 (0.49-0.80): 44
-cures instead of 31, and a median delay of 2.7 months, so the extra infusions
-work through cures of lesions that are still small in the second year, not
-through longer delays. These are model predictions, not trial results; they
-rest on the in vitro potency and on the burden, de novo rate and homing fitted
-to one trial"""),
+## Summary
+
+The treated schedules deliver the same number of infusions; the full-dose ones
+differ only in timing, the half-dose one only in size. The cell below writes
+the results of this run in words (the cohort and seed of
+`cikabm compare scenarios/hcc_schedule_comparison.toml --out results/schedules`)."""),
+    ("code", """\
+t = cmp.table.set_index("arm")
+mech = pd.DataFrame(rows).T  # the patient-by-patient counts of the cell above, one row per treated arm
+treated_arms = list(mech.index)
+
+
+def median_rfs(arm: str) -> str:
+    m = t.loc[arm, "median_months"]
+    return "not reached" if pd.isna(m) else f"{m:.1f} months"
+
+
+def effect(arm: str) -> str:
+    r, c = t.loc[arm], mech.loc[arm]
+    delay = "" if pd.isna(c["median_delay_months"]) else f", by a median of {c['median_delay_months']:.1f} months"
+    return (f"* `{arm}`: median RFS {median_rfs(arm)}, HR {r['hr']:.2f} (95 % CI {r['hr_ci_low']:.2f}-"
+            f"{r['hr_ci_high']:.2f}); cures {c['cured']} ({c['cured_micrometastasis']} of them micrometastases), "
+            f"delays the {c['both_recur']} patients who recur in both arms{delay}; "
+            f"cancer deaths {c['cancer_deaths_arm']} (control: {c['cancer_deaths_ref']})")
+
+
+Markdown(f"**This run** ({PATIENTS} patients, seed {cmp.scenario.scenario.seed}; RFS). Control: median RFS "
+         f"{median_rfs('control')}, {mech['recurred_ref'].iloc[0]} recurrences within follow-up.\\n\\n"
+         + "\\n".join(effect(arm) for arm in treated_arms))"""),
+    ("md", """\
+Front-loading (`weekly6_biweekly`) puts more CIK cells into the lesions while
+the micrometastases are still small, and cures more of them than Lee 2015;
+halving the dose halves the homing at every time and loses cures. Most cures
+are of micrometastases. The next cell checks these statements on the
+numbers above, so that the notebook fails, rather than mislead, if a change to
+the model ever overturns them.
+
+Does repeating the schedule help? Add `lee2015x2` (the Lee 2015 schedule twice)
+to the specs of `run_comparison` above, or run
+`cikabm compare scenarios/hcc_schedule_comparison.toml --out results/lee2015x2 --schedules none,lee2015,lee2015x2`,
+and see whether the extra infusions work through more cures or through longer
+delays.
+
+These are model predictions, not trial results; they rest on the in vitro
+potency and on the burden, de novo rate and homing fitted to one trial."""),
+    ("code", """\
+cured = mech["cured"]
+assert cured["weekly6_biweekly"] > cured["lee2015"] > cured["lee2015*0.5"], cured
+assert (mech["cured_micrometastasis"] > 0.5 * cured).all(), mech[["cured", "cured_micrometastasis"]]
+assert (t.loc[treated_arms, "hr"] < 1).all()
+print("The statements above hold for this run.")"""),
 ]
 
 
 def build() -> nbformat.NotebookNode:
-    """The notebook, cells in order."""
+    """The notebook, cells in order, without outputs and with fixed cell ids.
+
+    Fixed ids (nbformat would draw random ones) make a rebuild with unchanged cells give an identical
+    file, so that ``python notebooks/execute.py`` shows only real changes in the diff.
+    """
     nb = new_notebook()
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    nb.cells = [
+        new_markdown_cell(src, id=f"sched-{i:02d}") if kind == "md" else new_code_cell(src, id=f"sched-{i:02d}")
+        for i, (kind, src) in enumerate(CELLS)
+    ]
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
