@@ -70,6 +70,10 @@ class CalibrationResult:
     spread: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
+    #: The targets: ``control_median_months``, ``five_year_recurrence``, ``hazard_ratio``.
+    targets: dict[str, float] = field(default_factory=dict)
+    #: The pooled control arm's RFS at the target median (0.5 when hit; defined when the median is not reached).
+    control_rfs_at_target_median: float | None = None
 
 
 def with_values(ts: TrialScenario, *, foci: float | None = None, de_novo: float | None = None,
@@ -144,7 +148,7 @@ class _Fitter:
                 self.history.append({"stage": "control", "foci_mean_at_5cm": 10 ** x[0],
                                      "de_novo_per_year": 10 ** x[1], **st})
                 self.report(f"  foci_mean_at_5cm = {10 ** x[0]:.3g}, de_novo_per_year = {10 ** x[1]:.3g}: "
-                            f"control median RFS {_fmt(st['median_control'])} months, 5-year recurrence "
+                            f"control median RFS {_fmt(st['median_control'])}, 5-year recurrence "
                             f"{st['five_year_recurrence']:.1%}")
             return cache[key][0]
 
@@ -187,7 +191,9 @@ class _Fitter:
 
 
 def _fmt(x: float | None) -> str:
-    return "NR" if x is None else f"{x:.1f}"
+    from cikabm.survival import format_estimate
+
+    return format_estimate(x, missing="not reached", unit=" months")
 
 
 def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_median_months: float,
@@ -235,7 +241,11 @@ def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_medi
         foci_mean_at_5cm=float(10 ** x[0]), de_novo_per_year=float(10 ** x[1]),
         cik_per_site_per_day=float(10 ** log_homing), control_median_months=final["median_control"],
         five_year_recurrence=final["five_year_recurrence"], hazard_ratio=final["hr"], seeds=seeds,
-        patients_per_cohort=n, history=history)
+        patients_per_cohort=n, history=history,
+        targets={"control_median_months": float(control_median_months),
+                 "five_year_recurrence": float(five_year_recurrence), "hazard_ratio": float(hazard_ratio)},
+        control_rfs_at_target_median=rfs_statistics(control_frame, ts.trial.reference_arm,
+                                                    median_months=control_median_months)["rfs_at_target_median"])
     if per_cohort and n_cohorts > 1:
         for seed in seeds:
             report(f"cohort {seed} alone:")
@@ -253,3 +263,115 @@ def calibrate_adjuvant(ts: TrialScenario, run_cohort: RunCohort, *, control_medi
                                    "max": float(10 ** logs.max())}
     result.evaluations = fitter.evaluations
     return result
+
+
+#: How far the pooled fit may end from each target before ``cikabm calibrate`` warns that it missed:
+#: the control arm's RFS at the target median from 0.5 and the 5-year recurrence from its target
+#: (absolute, 5 percentage points: a few patients of one cohort, the objective's scale is 3), and the
+#: hazard ratio from its target (absolute).
+MISS_TOLERANCE = {"control_rfs_at_target_median": 0.05, "five_year_recurrence": 0.05, "hazard_ratio": 0.05}
+
+#: Units of the fitted parameters, for the report.
+FITTED_UNITS = {"foci_mean_at_5cm": "lesions", "de_novo_per_year": "/year", "cik_per_site_per_day": "/(site·day)"}
+
+
+def _percent(x: float | None) -> str:
+    from cikabm.survival import format_estimate
+
+    return format_estimate(None if x is None else 100.0 * x, ".1f", missing="not computed", unit=" %")
+
+
+def calibration_misses(result: CalibrationResult) -> list[str]:
+    """The targets the pooled fit misses by more than :data:`MISS_TOLERANCE`, in words (empty: all hit).
+
+    A statistic that could not be computed (no target recorded, or no
+    hazard ratio) counts as a miss.
+    """
+    t = result.targets
+    tol = MISS_TOLERANCE
+    misses = []
+    if "control_median_months" in t:
+        rfs = result.control_rfs_at_target_median
+        if rfs is None:
+            misses.append(f"control RFS at {t['control_median_months']:g} months not computed")
+        elif abs(rfs - 0.5) > tol["control_rfs_at_target_median"]:
+            misses.append(f"control RFS at {t['control_median_months']:g} months is {_percent(rfs)}, off 50 % "
+                          f"by {100 * abs(rfs - 0.5):.1f} points "
+                          f"(tolerance {100 * tol['control_rfs_at_target_median']:g})")
+    if "five_year_recurrence" in t:
+        rec = result.five_year_recurrence
+        if abs(rec - t["five_year_recurrence"]) > tol["five_year_recurrence"]:
+            misses.append(f"5-year recurrence is {_percent(rec)}, off {_percent(t['five_year_recurrence'])} by "
+                          f"{100 * abs(rec - t['five_year_recurrence']):.1f} points "
+                          f"(tolerance {100 * tol['five_year_recurrence']:g})")
+    if "hazard_ratio" in t:
+        hr = result.hazard_ratio
+        if hr is None or not math.isfinite(hr):
+            misses.append("RFS hazard ratio not estimable")
+        elif abs(hr - t["hazard_ratio"]) > tol["hazard_ratio"]:
+            misses.append(f"RFS hazard ratio is {hr:.3f}, off {t['hazard_ratio']:g} by "
+                          f"{abs(hr - t['hazard_ratio']):.3f} (tolerance {tol['hazard_ratio']:g})")
+    if not t:
+        misses.append("no targets recorded")
+    return misses
+
+
+def calibration_report(result: CalibrationResult, wall_seconds: float | None = None) -> str:
+    """The end of ``cikabm calibrate``: the fit against its targets, the fitted values with their spread
+    over cohorts, a warning line when a target is missed (:func:`calibration_misses`), and the TOML to paste.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+    wall_seconds : float, optional
+        How long the calibration took.
+
+    Returns
+    -------
+    str
+        Lines ending in a newline.
+    """
+    from cikabm.survival import format_estimate
+
+    t = result.targets
+    took = f" in {wall_seconds / 60:.1f} min" if wall_seconds is not None else ""
+    lines = [f"fitted on {len(result.seeds)} cohorts x {result.patients_per_cohort} patients{took} "
+             f"({result.evaluations} cohort evaluations); the pooled cohorts against the targets:"]
+
+    def row(label: str, value: str, target: str) -> str:
+        return f"  {label:<26} {value:<14} {target}"
+
+    median_target = t.get("control_median_months")
+    lines.append(row("control median RFS", _fmt(result.control_median_months),
+                     f"target {median_target:g} months" if median_target is not None else "no target recorded"))
+    if median_target is not None:
+        rfs = result.control_rfs_at_target_median
+        tolerance = 100 * MISS_TOLERANCE["control_rfs_at_target_median"]
+        lines.append(row(f"control RFS at {median_target:g} months", _percent(rfs),
+                         f"target 50 % (the median), tolerance {tolerance:g} points"))
+    rec_target = t.get("five_year_recurrence")
+    lines.append(row("5-year recurrence", _percent(result.five_year_recurrence),
+                     f"target {_percent(rec_target)}, tolerance {100 * MISS_TOLERANCE['five_year_recurrence']:g} points"
+                     if rec_target is not None else "no target recorded"))
+    hr_target = t.get("hazard_ratio")
+    lines.append(row("RFS hazard ratio", format_estimate(result.hazard_ratio, ".3f"),
+                     f"target {hr_target:g}, tolerance {MISS_TOLERANCE['hazard_ratio']:g}"
+                     if hr_target is not None else "no target recorded"))
+    if result.spread:
+        lines.append(f"fitted values, with their spread over the {len(result.per_cohort)} cohorts fitted alone:")
+    else:
+        lines.append("fitted values (spread over cohorts not computed: --no-per-cohort or a single cohort):")
+    for name in ("foci_mean_at_5cm", "de_novo_per_year", "cik_per_site_per_day"):
+        value = getattr(result, name)
+        spread = result.spread.get(name)
+        extra = (f" (cohorts {spread['min']:.3g}-{spread['max']:.3g}; log10 sd {spread['log10_sd']:.3f})"
+                 if spread else "")
+        lines.append(f"  {name:<22} {value:.4g} {FITTED_UNITS[name]}{extra}")
+    lines += ["to paste into the scenario:", "[adjuvant]", f"foci_mean_at_5cm = {result.foci_mean_at_5cm:.4g}",
+              f"de_novo_per_year = {result.de_novo_per_year:.4g}", "[homing]",
+              f"cik_per_site_per_day = {result.cik_per_site_per_day:.4g}"]
+    misses = calibration_misses(result)
+    if misses:
+        lines.append("warning: the fit misses its targets: " + "; ".join(misses)
+                     + ". Try more --max-evaluations or --cohorts, and see the search history (--log FILE).")
+    return "\n".join(lines) + "\n"

@@ -4,12 +4,15 @@
 
     cikabm run SCENARIO --out DIR [--seed N] [--threads N] [--no-progress] [--snapshots N]
     cikabm validate SCENARIO
-    cikabm trial SCENARIO --out DIR [--patients N] [--workers N] [--resume]
-    cikabm compare SCENARIO --out DIR [--schedules A,B,C] [--patients N] [--workers N] [--resume]
+    cikabm trial SCENARIO --out DIR [--replicates N] [--patients N] [--seed N] [--workers N] [...]
+    cikabm compare SCENARIO --out DIR [--schedules A,B,C] [--append] [--reference ARM] [--patients N] [...]
     cikabm params [--format markdown|csv]
+    cikabm calibrate SCENARIO --control-median MONTHS --hr HR --treatment-arm NAME [...] [--log FILE]
+    cikabm validation SCENARIO [SCENARIO ...] --out DIR [--replicates N] [...] [--readme FILE]
     cikabm assay SCENARIO --out DIR [--et 1,3,10,30,100] [--hours 4] [--replicates N] [...]
     cikabm calibrate-potency SCENARIO [--lysis 0.33] [--et 30] [--hours 4] [--replicates N] [--log FILE]
     cikabm bench --out DIR [--quick] [--threads 1,2,3] [--repeats N] [--configs NAMES] [--machine NAME]
+    cikabm teach [--host 127.0.0.1] [--port 8765] [--open]
 
 Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
 a bad option value, an output path that cannot be used), with a message on
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cikabm import __version__
+from cikabm.cli_text import comparison_text, run_summary_text, trial_summary_text, validate_text
 
 #: Files ``cikabm run`` writes; an existing output directory holding nothing
 #: else (or nothing at all) may be replaced.
@@ -175,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser(
         "validate", help="check a scenario file",
-        description=_wrap("Check a scenario file: print a one-line description and exit 0, or list "
-                          "every problem (each naming the field and the value) and exit 2."),
+        description=_wrap("Check a scenario file: print what it describes (a region: lattice, steps, "
+                          "schedule; a trial: setting, patients, follow-up, each arm's schedule) and which "
+                          "tables it sets, and exit 0; or list every problem (each naming the field and the "
+                          "value) and exit 2."),
         formatter_class=_Formatter)
     val.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
     val.set_defaults(func=cmd_validate)
@@ -292,23 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     ben.set_defaults(func=cmd_bench)
 
-    tea = sub.add_parser(
-        "teach", help="serve the teaching app in the browser (needs cikabm[teach])",
-        description=_wrap("Start the teaching app: a Mesa/SolaraViz page where a tumour escapes "
-                          "CTLs by losing MHC class I and CIK cells still kill it. It shows the "
-                          "lattice, the tumour by MHC state and the kills by mechanism and kind, "
-                          "with sliders for the MHC-loss rate, the CIK subset mix, the dose and the "
-                          "schedule, and a toggle for CTLs only vs CTLs + CIK. Prints the local "
-                          "address and serves until Ctrl+C. Needs the teaching extra: "
-                          "pip install 'cikabm[teach]'."),
-        epilog=_wrap("example:\n  cikabm teach --port 8765"),
-        formatter_class=_Formatter)
-    tea.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (default: 127.0.0.1, this machine only)")
-    tea.add_argument("--port", type=_int_in("--port", 1, 65535), default=8765,
-                     help="port to listen on (default: 8765)")
-    tea.add_argument("--open", action="store_true", help="also open the page in the default browser")
-    tea.set_defaults(func=cmd_teach)
+    from cikabm.cli_teach import add_command as add_teach_command
+
+    add_teach_command(sub, _Formatter, _wrap, _int_in)
     return parser
 
 
@@ -330,24 +322,6 @@ def _error(message: str) -> None:
 
 # --------------------------------------------------------------------------- commands
 
-def _describe(scenario: Any) -> str:
-    """One line: dimensions, lattice, steps and schedule of a validated scenario."""
-    from cikabm.convert import kernel_parameters, scheduled_infusions
-
-    disc = kernel_parameters(scenario)
-    shape = "x".join(str(n) for n in scenario.lattice.shape)
-    dosing = scenario.dosing
-    if dosing.schedule == "none":
-        schedule = "schedule none (no CIK)"
-    else:
-        planned = len(scheduled_infusions(scenario))
-        given = len(disc.infusion_days)
-        schedule = (f"schedule {dosing.schedule}: {given} of {planned} infusions within the run, "
-                    f"from day {dosing.start_day:g}, {dosing.dose_cells:.3g} cells each")
-    return (f"{scenario.dims}D {shape}, {disc.n_steps} steps of {scenario.time.dt_minutes:g} min "
-            f"({scenario.time.duration_days:g} days), {schedule}")
-
-
 def _too_big(source: Path, scenario: Any) -> UserError:
     steps = scenario.time.duration_days * 1440.0 / scenario.time.dt_minutes
     return UserError(f"{source}: not enough memory for this scenario (lattice.shape = "
@@ -361,10 +335,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     try:
-        description = _describe(scenario)
+        text = validate_text(scenario)
     except MemoryError:
         raise _too_big(args.scenario, scenario) from None
-    _write_stdout(f"OK: {scenario.scenario.name} ({description})\n")
+    _write_stdout(text)
     return EXIT_OK
 
 
@@ -465,38 +439,6 @@ def _is_calibration_log(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(data, dict) and str(data.get("command", "")).startswith("cikabm calibrate")
-
-
-def run_summary_text(results: Any, out: Path | None = None) -> str:
-    """A short human-readable summary of a run (what ``cikabm run`` prints)."""
-    from cikabm.params import KIND_KEYS, KIND_LABELS
-
-    s = results.summary()
-    lines = [f"{s['scenario']} (seed {s['seed']}): {s['duration_days']:g} days, "
-             f"{len(s['infusion_days'])} infusion(s), {s['performance']['wall_seconds']:.1f} s"]
-    final = s["tumour_final"]
-    lost_final = (f"{100 * s['mhc_lost_fraction_final']:.1f} %" if final else "n/a (no tumour cell left)")
-    lines.append(f"tumour cells: {s['tumour_initial']:,} at start, peak {s['tumour_peak']:,} on day "
-                 f"{s['tumour_peak_day']:g}, {final:,} at the end")
-    peak_lost = 100 * s["mhc_lost_fraction_peak"]
-    lines.append(f"MHC-I-lost fraction: {lost_final} at the end, peak {peak_lost:.1f} %")
-    width = max(len(v) for v in KIND_LABELS.values())
-    lines.append(f"kills by effector kind{'':<{width - 20}}   kills   of which MHC-I-lost")
-    for key in KIND_KEYS:
-        k = s["kills_by_kind"][key]
-        frac = k["fraction_of_kills_on_mhc_lost"]
-        share = f"({100 * frac:.1f} %)" if frac is not None else ""
-        lines.append(f"  {KIND_LABELS[key]:<{width}} {k['kills']:>7,}   "
-                     f"{k['kills_of_mhc_lost_cells']:>7,} {share}")
-    mech = s["kills_by_mechanism"]
-    lines.append(f"  {'all':<{width}} {s['kills_total']:>7,}   (perforin/granzyme {mech['perforin']:,}, "
-                 f"Fas/FasL {mech['fas']:,})")
-    if s["arrivals_dropped"]:
-        lines.append(f"warning: {s['arrivals_dropped']:,} effector arrivals dropped "
-                     "(effectors.capacity reached)")
-    if out is not None:
-        lines.append(f"results written to {out}")
-    return "\n".join(lines) + "\n"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -612,59 +554,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def comparison_text(table: Any, summary: dict[str, Any], out: Path) -> str:
-    """The comparison table of a finished ``cikabm compare``, for the terminal."""
-    from cikabm.survival import format_median
-
-    def fmt(x: Any, spec: str = ".1f") -> str:
-        return "NR" if x is None or x != x else format(x, spec)
-
-    endpoint = str(table["endpoint"].iloc[0]).upper()
-    lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
-             f"{len(summary['arms'])} schedules, {summary['setting']} setting; {endpoint} vs "
-             f"{summary['reference_arm']}:"]
-    width = max(len(str(a)) for a in table["arm"])
-    for row in table.itertuples(index=False):
-        hr = ("reference" if row.is_reference else
-              f"HR {fmt(row.hr, '.2f')} ({fmt(row.hr_ci_low, '.2f')}-{fmt(row.hr_ci_high, '.2f')}), "
-              f"log-rank p {fmt(row.logrank_p, '.3g')}")
-        median = format_median(*(None if x != x else x for x in (row.median_months, row.median_ci_low,
-                                                                 row.median_ci_high)))
-        lines.append(f"  {row.arm:<{width}} {median}, {fmt(row.infusions_mean)} infusions; {hr}")
-    lines.append(f"results written to {out}")
-    return "\n".join(lines) + "\n"
-
-
-def trial_summary_text(summary: dict[str, Any], out: Path) -> str:
-    """Medians and hazard ratios of a finished trial, for the terminal."""
-    from cikabm.survival import format_median
-
-    lines = [f"{summary['scenario']} (seed {summary['seed']}): {summary['patients']} patients x "
-             f"{len(summary['arms'])} arms, {summary['setting']} setting"]
-
-    def fmt(x: Any, spec: str = ".1f") -> str:
-        return "NR" if x is None else format(x, spec)
-
-    for endpoint, result in summary["endpoints"].items():
-        lines.append(f"{endpoint.upper()}:")
-        for arm, a in result["arms"].items():
-            lines.append(f"  {arm:<12} {format_median(a['median_months'], a['ci_low'], a['ci_high'])}, "
-                         f"{a['events']} events in {a['n']}")
-        for name, c in result.get("comparisons", {}).items():
-            lines.append(f"  {name}: HR {fmt(c['hr'], '.2f')} (95 % CI {fmt(c['hr_ci_low'], '.2f')}-"
-                         f"{fmt(c['hr_ci_high'], '.2f')}), log-rank p {fmt(c['logrank_p'], '.3g')}")
-    if "never_progressed" in summary:
-        lines.append("never progressed within follow-up: " + ", ".join(
-            f"{arm} {n} of {summary['patients']}" for arm, n in summary["never_progressed"].items()))
-    for name, m in summary.get("mechanism", {}).items():
-        lines.append(f"{name}: of {m['recurred_ref']} recurrences in the reference arm, {m['cured']} do not recur "
-                     f"(micrometastasis {m['cured_micrometastasis']}, de novo {m['cured_de_novo']}); "
-                     f"{m['both_recur']} recur in both, median delay {fmt(m['median_delay_months'])} months; "
-                     f"cancer deaths {m['cancer_deaths_ref']} vs {m['cancer_deaths_arm']}")
-    lines.append(f"results written to {out}")
-    return "\n".join(lines) + "\n"
-
-
 def write_results(results: Any, directory: Path, *, scenario_source: bytes | None = None) -> list[Path]:
     """Write a run's files into an existing ``directory`` (see ``cikabm run --help``).
 
@@ -750,25 +639,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _error("results differ across thread counts (see checks in bench.json)")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def cmd_teach(args: argparse.Namespace) -> int:
-    """Serve :mod:`cikabm.mesa.app` with Solara until interrupted."""
-    import importlib.util
-    import subprocess
-
-    missing = [m for m in ("mesa", "solara") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"cikabm teach needs {' and '.join(missing)}: pip install 'cikabm[teach]'")
-    address = f"http://{args.host}:{args.port}/"
-    command = [sys.executable, "-m", "solara", "run", "cikabm.mesa.app", "--host", args.host,
-               "--port", str(args.port), "--production", "--open" if args.open else "--no-open",
-               "--log-level", "warning"]
-    print(f"cikabm teach: the teaching app is at {address} (Ctrl+C to stop)", flush=True)
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
 
 
 # --------------------------------------------------------------------------- entry point

@@ -67,7 +67,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """``cikabm calibrate``: fit an adjuvant trial to RFS targets."""
     import time
 
-    from cikabm.calibrate import calibrate_adjuvant
+    from cikabm.calibrate import calibrate_adjuvant, calibration_report
     from cikabm.cli import EXIT_OK, UserError, _write_stdout, check_log_path
     from cikabm.io import atomic_write_json, to_jsonable
     from cikabm.scenario import load_scenario
@@ -102,15 +102,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         atomic_write_json(args.log, to_jsonable({**result.__dict__, "wall_seconds": wall,
                                                  "command": " ".join(["cikabm calibrate", str(args.scenario),
                                                                       *_flags(args)])}))
-    spread = "".join(f"  {name}: log10 sd {s['log10_sd']:.3f} over cohorts (range {s['min']:.3g}-{s['max']:.3g})\n"
-                     for name, s in result.spread.items())
-    _write_stdout(
-        f"fitted on {len(result.seeds)} cohorts x {result.patients_per_cohort} patients in {wall / 60:.1f} min "
-        f"({result.evaluations} cohort evaluations): control median RFS {result.control_median_months}, "
-        f"5-year recurrence {result.five_year_recurrence:.3f}, HR {result.hazard_ratio}\n{spread}"
-        f"[adjuvant]\nfoci_mean_at_5cm = {result.foci_mean_at_5cm:.4g}\n"
-        f"de_novo_per_year = {result.de_novo_per_year:.4g}\n"
-        f"[homing]\ncik_per_site_per_day = {result.cik_per_site_per_day:.4g}\n")
+    _write_stdout(calibration_report(result, wall))
     return EXIT_OK
 
 

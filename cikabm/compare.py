@@ -41,7 +41,7 @@ import pandas as pd
 
 from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
-from cikabm.schedules import PRESET_SCHEDULES, blood_level, infusion_days
+from cikabm.schedules import PRESET_SCHEDULES, blood_level, dosing_phases, infusion_days
 from cikabm.trial import TRIAL_OUTPUTS
 from cikabm.trial_params import ArmParams, TrialScenario
 
@@ -316,11 +316,7 @@ def comparison_scenario(ts: TrialScenario, schedules: Sequence[str] | Sequence[A
 
 def arm_infusion_days(arm: ArmParams) -> np.ndarray:
     """Days of every planned infusion of an arm (empty for ``none``)."""
-    if arm.schedule == "none":
-        return np.zeros(0)
-    phases = (tuple((p.count, p.interval_days) for p in arm.phases) if arm.schedule == "custom"
-              else PRESET_SCHEDULES[arm.schedule])
-    return infusion_days(phases, arm.start_day)
+    return infusion_days(dosing_phases(arm), arm.start_day)
 
 
 # --------------------------------------------------------------------------- tables

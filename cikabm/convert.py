@@ -17,7 +17,7 @@ from cikabm.kernels.core import KernelParams, hazard_to_probability
 from cikabm.kernels.core import threshold as _threshold
 from cikabm.kernels.geometry import Geometry, make_geometry, n_sites
 from cikabm.params import KIND_KEYS, Scenario
-from cikabm.schedules import PRESET_SCHEDULES, infusion_days, mean_blood_over_steps
+from cikabm.schedules import dosing_phases, infusion_days, mean_blood_over_steps
 
 #: Largest dimensionless diffusion number per field sub-step, as a fraction of
 #: the explicit scheme's stability limit ``1 / (2 d)``.
@@ -76,12 +76,7 @@ def motility_substeps(scenario: Scenario) -> int:
 
 def schedule_phases(scenario: Scenario) -> tuple[tuple[int, float], ...]:
     """The ``(count, interval_days)`` phases of the scenario's schedule."""
-    d = scenario.dosing
-    if d.schedule == "none":
-        return ()
-    if d.schedule == "custom":
-        return tuple((p.count, p.interval_days) for p in d.phases)
-    return PRESET_SCHEDULES[d.schedule]
+    return dosing_phases(scenario.dosing)
 
 
 def scheduled_infusions(scenario: Scenario) -> np.ndarray:

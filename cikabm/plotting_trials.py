@@ -28,9 +28,10 @@ def plot_replicate_hazard_ratios(table: pd.DataFrame, ts: TrialScenario, ax: Axe
         g = comps[(comps["endpoint"] == key[0]) & (comps["name"] == key[1])]
         n = len(g)
         y = row + np.linspace(-0.25, 0.25, n) if n > 1 else np.array([float(row)])
-        lo = (g["hr"] - g["ci_low"].fillna(g["hr"])).clip(lower=0)
-        hi = (g["ci_high"].fillna(g["hr"]) - g["hr"]).clip(lower=0)
-        ax.errorbar(g["hr"], y, xerr=[lo, hi], fmt="o", ms=4, color=MODEL_COLOUR, lw=1, capsize=2,
+        # Plain arrays: matplotlib reads a one-element Series with float(), which pandas deprecates.
+        lo = (g["hr"] - g["ci_low"].fillna(g["hr"])).clip(lower=0).to_numpy(float)
+        hi = (g["ci_high"].fillna(g["hr"]) - g["hr"]).clip(lower=0).to_numpy(float)
+        ax.errorbar(g["hr"].to_numpy(float), y, xerr=[lo, hi], fmt="o", ms=4, color=MODEL_COLOUR, lw=1, capsize=2,
                     label="model replicates (HR, 95 % CI)" if row == 0 else None)
         p = published.get(key)
         if p is not None:

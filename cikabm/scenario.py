@@ -115,6 +115,48 @@ def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
         raise ScenarioError(source, [f"invalid scenario: {err}"]) from None
 
 
+def keys_set(model: BaseModel) -> dict[str, int]:
+    """How many keys the file set in each top-level table (pydantic's ``model_fields_set``).
+
+    Parameters
+    ----------
+    model : Scenario
+        A scenario validated from a file or a mapping.
+
+    Returns
+    -------
+    dict
+        ``{table: keys set}`` in the scenario's field order, only tables the
+        file has; a list of tables (``[[arms]]``) counts the keys of all its
+        entries. Everything missing here is a default.
+    """
+    def count(value: Any) -> int:
+        if isinstance(value, BaseModel):
+            return sum(count(getattr(value, name)) for name in value.model_fields_set)
+        if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            return sum(count(v) for v in value)
+        return 1
+
+    return {name: count(getattr(model, name)) for name in type(model).model_fields if name in model.model_fields_set}
+
+
+def keys_set_text(model: BaseModel) -> str:
+    """What :func:`keys_set` found, in one short line (``cikabm validate`` prints it): keys per table,
+    entries per list of tables (``[[arms]] x2``).
+
+    >>> keys_set_text(Scenario())
+    'note: the file sets no keys; every value is a default (see `cikabm params`)'
+    """
+    tables = keys_set(model)
+    total = sum(tables.values())
+    if not total:
+        empty = f" (only empty tables: {', '.join(f'[{name}]' for name in tables)})" if tables else ""
+        return f"note: the file sets no keys{empty}; every value is a default (see `cikabm params`)"
+    listed = ", ".join(f"[[{name}]] x{len(value)}" if isinstance(value := getattr(model, name), list)
+                       else f"[{name}] {n}" for name, n in tables.items())
+    return f"sets {total} key{'s' if total != 1 else ''} ({listed}); every other value is a default"
+
+
 def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
                   model: type[Scenario] | None = None) -> Scenario:
     """Read and validate a TOML scenario file.

@@ -11,6 +11,7 @@ the level after a schedule is the superposition of single-dose curves
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,57 @@ def infusion_days(phases: Sequence[tuple[int, float]], start_day: float = 0.0) -
                 t += float(interval)
             days.append(t)
     return np.asarray(days, dtype=np.float64)
+
+
+def dosing_phases(dosing: Any) -> tuple[tuple[int, float], ...]:
+    """The ``(count, interval_days)`` phases of a ``[dosing]`` table or a trial arm.
+
+    Parameters
+    ----------
+    dosing : DosingParams or ArmParams
+        Anything with ``schedule`` and ``phases`` (typed loosely because
+        :mod:`cikabm.params` imports this module).
+
+    Returns
+    -------
+    tuple of (count, interval_days)
+        Empty for ``none``.
+    """
+    if dosing.schedule == "none":
+        return ()
+    if dosing.schedule == "custom":
+        return tuple((p.count, p.interval_days) for p in dosing.phases)
+    return PRESET_SCHEDULES[dosing.schedule]
+
+
+def infusion_count_text(given: int, planned: int, span: str) -> str:
+    """How many scheduled infusions a run or a follow-up holds, in words: the one home of this text.
+
+    Parameters
+    ----------
+    given : int
+        Infusions within the span (those the simulation gives).
+    planned : int
+        Infusions of the whole schedule.
+    span : str
+        What they fall within, e.g. ``"the 90 days"`` or ``"the 60-month follow-up"``.
+
+    Examples
+    --------
+    >>> infusion_count_text(6, 16, "the 90 days")
+    '6 of 16 scheduled infusions fall within the 90 days'
+    >>> infusion_count_text(16, 16, "the 60-month follow-up")
+    'all 16 scheduled infusions fall within the 60-month follow-up'
+    >>> infusion_count_text(0, 0, "the 90 days")
+    'no infusion scheduled'
+    """
+    if planned == 0:
+        return "no infusion scheduled"
+    if given == planned:
+        return (f"the 1 scheduled infusion falls within {span}" if planned == 1
+                else f"all {planned} scheduled infusions fall within {span}")
+    return (f"{given} of the 1 scheduled infusion falls within {span}" if planned == 1
+            else f"{given} of {planned} scheduled infusions fall within {span}")
 
 
 def single_dose_level(t_since_days: np.ndarray, dose: float, fast_fraction: float,

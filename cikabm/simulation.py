@@ -26,6 +26,12 @@ MHC_KEYS = ("mhc_present", "mhc_lost")
 #: Snapshot codes of the tumour layer.
 SNAP_EMPTY, SNAP_MHC_PRESENT, SNAP_MHC_LOST, SNAP_DYING = 0, 1, 2, 3
 
+#: The peak MHC-I-lost fraction of a run counts only records where the tumour holds at least
+#: ``max(MHC_PEAK_MIN_CELLS, MHC_PEAK_MIN_SHARE * peak tumour)`` cells: a fraction of a few cells
+#: (4 of 8 just before extinction) says nothing about selection.
+MHC_PEAK_MIN_CELLS = 100
+MHC_PEAK_MIN_SHARE = 0.1
+
 #: Passes with fewer work items than this run serially (a parallel region
 #: costs more than it saves on small lattices); the effector pass runs in
 #: parallel with at least 1/4096 of it per colour class in use (9 in 2D, 27 in
@@ -83,6 +89,34 @@ def record_columns(records: np.ndarray) -> dict[str, np.ndarray]:
         cols[f"arrivals_{key}"] = r[:, core.REC_ARRIVALS + k]
     cols["arrivals_dropped"] = r[:, core.REC_DROPPED]
     return cols
+
+
+def mhc_lost_peak(days: np.ndarray, total: np.ndarray, lost: np.ndarray) -> dict[str, Any] | None:
+    """The highest MHC-I-lost fraction over the records where the tumour is large enough for a fraction.
+
+    Parameters
+    ----------
+    days, total, lost : ndarray
+        Record times, tumour cells and MHC-I-lost tumour cells per record.
+
+    Returns
+    -------
+    dict or None
+        ``fraction``, ``day``, ``cells_lost``, ``cells_total`` at the peak
+        (the first record of the highest fraction), and ``min_cells``, the
+        floor a record's tumour had to reach: ``max(MHC_PEAK_MIN_CELLS,
+        MHC_PEAK_MIN_SHARE * the tumour's peak)``. None when no record
+        reaches it (a tumour that never held :data:`MHC_PEAK_MIN_CELLS`).
+    """
+    total = np.asarray(total)
+    lost = np.asarray(lost)
+    floor = max(MHC_PEAK_MIN_CELLS, MHC_PEAK_MIN_SHARE * float(total.max(initial=0)))
+    counted = np.flatnonzero(total >= floor)
+    if counted.size == 0:
+        return None
+    i = int(counted[np.argmax(lost[counted] / total[counted])])
+    return {"fraction": float(lost[i] / total[i]), "day": float(days[i]), "cells_lost": int(lost[i]),
+            "cells_total": int(total[i]), "min_cells": int(np.ceil(floor))}
 
 
 @dataclass
@@ -153,6 +187,7 @@ class Results:
         total_tumour = frame["tumour_total"].to_numpy()
         lost_fraction = np.divide(frame["tumour_mhc_lost"].to_numpy(), total_tumour,
                                   out=np.zeros(len(frame)), where=total_tumour > 0)
+        peak_lost = mhc_lost_peak(self.record_days, total_tumour, frame["tumour_mhc_lost"].to_numpy())
         sc = self.scenario
         return {
             "scenario": sc.scenario.name,
@@ -170,7 +205,7 @@ class Results:
             "tumour_peak_day": float(self.record_days[int(total_tumour.argmax())]),
             "tumour_final_mhc_lost": int(last["tumour_mhc_lost"]),
             "mhc_lost_fraction_final": float(lost_fraction[-1]) if total_tumour[-1] > 0 else None,
-            "mhc_lost_fraction_peak": float(lost_fraction.max()),
+            "mhc_lost_peak": peak_lost,
             "kills_total": int(last["kills_total"]),
             "kills_by_mechanism": {mk: int(last[f"kills_{mk}"]) for mk in MECH_KEYS},
             "kills_by_kind": by_kind,

@@ -53,6 +53,8 @@ __all__ = [
     "LANDMARK_MONTHS",
     "endpoint_columns",
     "endpoint_summary",
+    "format_estimate",
+    "format_hr",
     "format_median",
     "plot_km",
     "save_km_figures",
@@ -107,6 +109,42 @@ def format_median(median: float | None, low: float | None, high: float | None, u
     ci_low = "?" if bad(low) else f"{low:.1f}"
     ci_high = "not reached" if bad(high) else f"{high:.1f}"
     return f"median {median:.1f} {unit} (95 % CI {ci_low}-{ci_high})"
+
+
+def format_estimate(value: float | None, spec: str = ".1f", *, missing: str = "not estimable",
+                    unit: str = "") -> str:
+    """A statistic in words, or ``missing`` where it cannot be estimated (None, NaN or infinite).
+
+    The one rule for what the terminal prints in place of a missing number:
+    "not estimable" for a hazard ratio or p-value, "not reached" for a median
+    (:func:`format_median` for a median with its CI).
+
+    >>> format_estimate(0.7, ".2f")
+    '0.70'
+    >>> format_estimate(None, ".2f")
+    'not estimable'
+    >>> format_estimate(float("inf"), missing="not reached", unit=" months")
+    'not reached'
+    >>> format_estimate(30.08, unit=" months")
+    '30.1 months'
+    """
+    if value is None or not math.isfinite(float(value)):
+        return missing
+    return f"{format(value, spec)}{unit}"
+
+
+def format_hr(hr: float | None, low: float | None, high: float | None, p: float | None) -> str:
+    """A hazard ratio with its 95 % CI and log-rank p, or "HR not estimable" (no events in an arm).
+
+    >>> format_hr(0.7, 0.55, 0.89, 0.0031)
+    'HR 0.70 (95 % CI 0.55-0.89), log-rank p 0.0031'
+    >>> format_hr(None, None, None, None)
+    'HR not estimable'
+    """
+    if hr is None or not math.isfinite(float(hr)):
+        return "HR not estimable"
+    return (f"HR {hr:.2f} (95 % CI {format_estimate(low, '.2f', missing='?')}-"
+            f"{format_estimate(high, '.2f', missing='?')}), log-rank p {format_estimate(p, '.3g')}")
 
 
 def endpoint_columns(endpoint: str) -> tuple[str, str]:
@@ -456,6 +494,11 @@ def _month_step(horizon: float) -> float:
     return 120
 
 
+#: Size (inches) of a Kaplan-Meier figure: the plot about 7 in wide and, on its right, the legend with
+#: the arms and the hazard ratios.
+KM_FIGSIZE = (12.5, 5.8)
+
+
 def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None = None,
             reference_arm: str | None = None, ax: Axes | None = None, at_risk: bool = True,
             title: str | None = None, colors: Sequence[str] | Mapping[str, str] | None = None) -> Axes:
@@ -478,9 +521,9 @@ def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None
     reference_arm : str, optional
         Arm of the hazard ratios (default: the first arm).
     ax : matplotlib.axes.Axes, optional
-        Axes to draw into; a new figure (7.5 x 5.8 in, via pyplot) when None.
-        With a given axes the at-risk table hangs below it: leave room, or
-        save with ``bbox_inches="tight"``.
+        Axes to draw into; a new figure (:data:`KM_FIGSIZE`, via pyplot) when
+        None. With a given axes the at-risk table hangs below it and the
+        legend to its right: leave room, or save with ``bbox_inches="tight"``.
     at_risk : bool, default True
         Add the at-risk table.
     title : str, optional
@@ -502,7 +545,7 @@ def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None
     if ax is None:
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7.5, 5.8))
+        fig, ax = plt.subplots(figsize=KM_FIGSIZE)
         owns_figure = True
     else:
         fig, owns_figure = ax.figure, False
@@ -552,7 +595,9 @@ def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None
     ax.grid(axis="y", color="#e5e5e5", lw=0.6)
     ax.set_axisbelow(True)
 
-    # the HR / log-rank lines are the legend's title, so that one box is placed clear of the curves
+    # the HR / log-rank lines are the legend's title: one box, outside the axes on the right, so that it
+    # cannot cover a curve, a band or a censoring tick whatever the number of arms (loc="best" inside
+    # the axes covered curves with 4 arms)
     stats = []
     for arm in arm_list:
         if arm == ref or groups[arm].empty or groups[ref].empty:
@@ -565,7 +610,8 @@ def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None
             hr_text = f"HR {comp['hr']:.2f} (95% CI {comp['hr_ci_low']:.2f}–{comp['hr_ci_high']:.2f})"
         stats.append(f"{prefix}{hr_text}, log-rank p {_format_p(comp['logrank_p'])}")
     if fitters:
-        legend = ax.legend(loc="best", title="\n".join(stats) or None, title_fontsize="small", fontsize="small",
+        legend = ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                           title="\n".join(stats) or None, title_fontsize="small", fontsize="small",
                            alignment="left", frameon=True, framealpha=0.92, edgecolor="#cccccc", fancybox=False)
         legend.get_frame().set_linewidth(0.6)
 
@@ -612,7 +658,7 @@ def save_km_figures(patients: pd.DataFrame, out_dir: str | Path, *, endpoints: I
     chosen = _present_endpoints(patients) if endpoints is None else list(endpoints)
     paths = []
     for endpoint in chosen:
-        fig = Figure(figsize=(7.5, 5.8))
+        fig = Figure(figsize=KM_FIGSIZE)
         ax = fig.add_subplot()
         plot_km(patients, endpoint, ax=ax, **plot_kw)
         fig.tight_layout()

@@ -150,10 +150,26 @@ def simulate_patient(ts: TrialScenario, patient_id: int, seed: int | None = None
     return rows
 
 
-def simulate_chunk(ts: TrialScenario, patient_ids: Iterable[int], seed: int) -> pd.DataFrame:
-    """Rows of several patients (the unit of work sent to a worker)."""
-    rows = [row for pid in patient_ids for row in simulate_patient(ts, pid, seed)]
+def simulate_chunk(ts: TrialScenario, patient_ids: Iterable[int], seed: int,
+                   on_patient: Callable[[], None] | None = None) -> pd.DataFrame:
+    """Rows of several patients (the unit of work sent to a worker); ``on_patient()`` after each one."""
+    rows: list[dict[str, Any]] = []
+    for pid in patient_ids:
+        rows.extend(simulate_patient(ts, pid, seed))
+        if on_patient is not None:
+            on_patient()
     return pd.DataFrame(rows)
+
+
+#: The Dask event topic on which workers report each finished patient (for the progress bar).
+PATIENT_DONE_TOPIC = "cikabm-patient-done"
+
+
+def _report_patient_done(topic: str, chunk: int) -> None:
+    """On a Dask worker: tell the client, on its ``topic``, that a patient of ``chunk`` is done."""
+    from dask.distributed import get_worker
+
+    get_worker().log_event(topic, chunk)
 
 
 # --------------------------------------------------------------------------- compiling once
@@ -308,8 +324,7 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
             _run_dask(ts, seed, chunks, todo, chunk_dir, workers, scheduler, bar)
         else:
             for i in todo:
-                _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed))
-                bar.update(len(chunks[i]))
+                _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)))
 
     frames = [pd.read_parquet(chunk_dir / f"chunk_{i:05d}.parquet") for i in range(len(chunks))]
     patients_df = order_patients(pd.concat(frames, ignore_index=True), [a.name for a in ts.arms])
@@ -354,7 +369,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     cluster = None
     if scheduler is None:
         n = workers or os.cpu_count() or 1
+        # No dashboard, and the scheduler's bare HTTP server (health and metrics routes, started even
+        # without a dashboard) on a free local port: with its default 8787, a second cluster on the
+        # machine (two trials at once) printed "Port 8787 is already in use".
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     else:
@@ -375,13 +394,35 @@ def _run_dask(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[
 
 def _submit_chunks(client: Any, ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int],
                    chunk_dir: Path, bar: Any) -> None:
+    import functools
+    import threading
+    import uuid
+
     from dask.distributed import as_completed
 
-    futures = {client.submit(simulate_chunk, ts, chunks[i], seed, pure=False): i for i in todo}
-    for future in as_completed(futures):
-        i = futures[future]
-        _write_chunk(chunk_dir, i, future.result())
-        bar.update(len(chunks[i]))
+    # The bar moves per patient: workers report each one as an event; when a chunk is written, the
+    # patients whose events have not arrived (yet) are counted then, and late events are ignored.
+    counted = dict.fromkeys(todo, 0)
+    lock = threading.Lock()
+
+    def advance(chunk: int, patients: int) -> None:
+        with lock:
+            step = min(patients, len(chunks[chunk]) - counted[chunk])
+            counted[chunk] += step
+        if step > 0:
+            bar.update(step)
+
+    topic = f"{PATIENT_DONE_TOPIC}-{uuid.uuid4().hex}"  # this run's own: a shared cluster may run others
+    client.subscribe_topic(topic, lambda event: advance(int(event[1]), 1))
+    try:
+        futures = {client.submit(simulate_chunk, ts, chunks[i], seed, functools.partial(_report_patient_done, topic, i),
+                                 pure=False): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            _write_chunk(chunk_dir, i, future.result())
+            advance(i, len(chunks[i]))
+    finally:
+        client.unsubscribe_topic(topic)
 
 
 class CohortRunner:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cikabm.params import DosingParams, Scenario, Section, param
+from cikabm.schedules import dosing_phases, infusion_count_text, infusion_days
 
 
 class TrialInfo(Section):
@@ -225,3 +226,66 @@ class TrialScenario(Scenario):
 
 #: Days per month (365.25 / 12), used for every months <-> days conversion.
 DAYS_PER_MONTH = 30.4375
+
+
+def format_cells(cells: float) -> str:
+    """A cell count the way the scenarios write it: ``6.4e9``, ``2e+05`` -> ``2e5``, small counts as is."""
+    text = f"{cells:.3g}"
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text
+
+
+def schedule_text(dosing: DosingParams, horizon_days: float, span: str) -> str:
+    """A ``[dosing]`` table or an arm in words: schedule, first day, dose, and how many infusions
+    fall within ``horizon_days`` (``span`` names it, e.g. ``"the 90 days"``).
+
+    >>> schedule_text(ArmParams(name="cik", schedule="lee2015", start_day=14.0), 1826.25, "the 60-month follow-up")
+    'schedule lee2015 from day 14, 6.4e9 cells each: all 16 scheduled infusions fall within the 60-month follow-up'
+    """
+    if dosing.schedule == "none":
+        return "no CIK"
+    name = dosing.schedule
+    if name == "custom":
+        name = "custom (" + ", ".join(f"{c} x {i:g} d" for c, i in dosing_phases(dosing)) + ")"
+    days = infusion_days(dosing_phases(dosing), dosing.start_day)
+    given = int((days < horizon_days).sum())
+    return (f"schedule {name} from day {dosing.start_day:g}, {format_cells(dosing.dose_cells)} cells each: "
+            f"{infusion_count_text(given, len(days), span)}")
+
+
+def trial_overview(ts: TrialScenario) -> list[str]:
+    """The trial a scenario file describes, in words: the one summary of its design and arms.
+
+    What ``cikabm validate`` prints for a trial file, instead of the region
+    defaults (whose ``[time]`` and ``[dosing]`` a trial does not use as such).
+
+    Parameters
+    ----------
+    ts : TrialScenario
+
+    Returns
+    -------
+    list of str
+        The design (setting and its endpoint, patients, follow-up), one line
+        per arm (its schedule, infusions and dose, and how many infusions fall
+        within follow-up), and the lattice each lesion or sample region runs on.
+    """
+    t = ts.trial
+    endpoint = "RFS" if t.setting == "adjuvant" else "PFS"
+    accrual = f", accrual over {t.accrual_months:g} months" if t.accrual_months else ""
+    span = f"the {t.follow_up_months:g}-month follow-up"
+    lines = [f"trial: {t.setting} setting (endpoint {endpoint}, with OS and cancer-specific survival), "
+             f"{t.patients:,} patients, {t.follow_up_months:g} months of follow-up{accrual}, {len(ts.arms)} arm"
+             + ("s" if len(ts.arms) != 1 else "") + ":"]
+    for arm in ts.arms:
+        role = " (reference)" if arm.name == t.reference_arm else ""
+        lines.append(f"  {arm.name}{role}: {schedule_text(arm, ts.horizon_days, span)}")
+    shape = "x".join(str(n) for n in ts.lattice.shape)
+    grid = f"{ts.dims}D {shape} lattice in steps of {ts.time.dt_minutes:g} min"
+    if t.setting == "adjuvant":
+        lines.append(f"each lesion: {grid} until it reaches {ts.adjuvant.handoff_cells:,} cells or "
+                     f"{ts.adjuvant.lattice_max_days:g} days, then the compartment model")
+    else:
+        lines.append(f"whole-body burden {format_cells(ts.advanced.body_burden_cells)} cells in the compartment "
+                     f"model; local killing sampled on a {grid} for {ts.advanced.sample_days:g} days")
+    return lines

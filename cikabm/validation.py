@@ -17,7 +17,6 @@ block between :data:`README_BEGIN` and :data:`README_END` in ``FILE``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,9 @@ def model_values(entry: PublishedValue, ts: TrialScenario, run: ReplicateRun) ->
 
 
 def _fmt(x: float | None, spec: str) -> str:
-    return "NR" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+    from cikabm.survival import format_estimate
+
+    return format_estimate(x, spec)
 
 
 def _label(entry: PublishedValue, ts: TrialScenario) -> str:
@@ -88,7 +89,8 @@ def published_rows(ts: TrialScenario, run: ReplicateRun) -> list[dict[str, Any]]
         model = "not estimable" if not dist["estimable"] else (
             f"{_fmt(dist['median'], spec)} ({_fmt(dist['p2_5'], spec)}-{_fmt(dist['p97_5'], spec)})")
         if dist["estimable"] < dist["replicates"]:
-            model += f"; NR in {dist['replicates'] - dist['estimable']} of {dist['replicates']}"
+            missing = "not reached" if entry.quantity == "median_months" else "not estimable"
+            model += f"; {missing} in {dist['replicates'] - dist['estimable']} of {dist['replicates']}"
         inside = ("" if entry.ci_low is None or entry.ci_high is None or not dist["estimable"]
                   else ("yes" if entry.ci_low <= dist["median"] <= entry.ci_high else "no"))
         rows.append({"target": _label(entry, ts), "published": format(entry.value, spec) + ci, "model": model,

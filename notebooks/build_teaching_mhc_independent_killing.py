@@ -81,7 +81,9 @@ enough Fas, through Fas/FasL (slow)."""),
 starts with 200 tumour cells, all with MHC-I. Each daughter cell loses MHC-I
 with probability 1 % per division (high on purpose, so that the escape is
 visible within weeks). CTLs arrive all the time; CIK infusions start on day 42
-(weekly six times, then every two weeks). The cell below prints these settings
+on the `weekly6_biweekly` schedule: within the 90 days that is six weekly
+infusions (its every-two-weeks phase would start on day 91, after the run).
+The cell below prints these settings
 from the scenario file; we run the scenario as written. Each of the three runs
 further down prints how long it took on the machine that executed this
 notebook (in a fresh environment the first run also compiles the simulation

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numba
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -105,6 +106,46 @@ def test_run_writes_all_files(tiny: Path, tmp_path: Path, capsys: pytest.Capture
     assert "tiny (seed 3)" in printed
     assert "CD3+CD56+ (T-NK)" in printed and "MHC-I-lost" in printed
     assert str(out) in printed
+    # the same infusion count as `cikabm validate` (one home: schedules.infusion_count_text)
+    assert "1 of 16 scheduled infusions fall within the 3 days" in printed
+    # 40 cells never make a meaningful fraction: no peak, and the terminal says why
+    assert frame["tumour_total"].max() < 100 and summary["mhc_lost_peak"] is None
+    assert "peak not computed (the tumour never held 100 cells)" in printed
+
+
+def test_mhc_lost_peak_ignores_a_tumour_about_to_vanish():
+    """4 of 8 cells just before extinction is not a 50 % peak: only records with at least
+    max(MHC_PEAK_MIN_CELLS, MHC_PEAK_MIN_SHARE x peak) cells count, and the peak comes with its day and counts."""
+    from cikabm.cli_text import mhc_peak_text
+    from cikabm.simulation import MHC_PEAK_MIN_CELLS, MHC_PEAK_MIN_SHARE, mhc_lost_peak
+
+    days = np.array([0.0, 10.0, 20.0, 41.0, 43.0, 44.0])
+    total = np.array([2000, 1500, 1000, 800, 150, 8])
+    lost = np.array([0, 150, 200, 300, 100, 4])
+    peak = mhc_lost_peak(days, total, lost)
+    floor = max(MHC_PEAK_MIN_CELLS, MHC_PEAK_MIN_SHARE * 2000)
+    assert floor == 200 and peak == {"fraction": 0.375, "day": 41.0, "cells_lost": 300, "cells_total": 800,
+                                     "min_cells": 200}
+    assert mhc_peak_text(peak) == "peak 37.5 % on day 41 (300 of 800 cells)"
+    # a small tumour: the absolute floor decides, and the largest record below it gives no peak
+    assert mhc_lost_peak(days[:3], np.array([40, 99, 8]), np.array([0, 50, 4])) is None
+    assert mhc_lost_peak(days[:3], np.array([40, 100, 8]), np.array([0, 50, 4]))["fraction"] == 0.5
+
+
+def test_validate_and_run_count_the_teaching_infusions_alike():
+    """The teaching scenario's 90 days hold the 6 weekly doses only (the 2-weekly phase would start on
+    day 91): validate says so with the function the run summary uses."""
+    from cikabm.cli_text import validate_text
+    from cikabm.convert import kernel_parameters, scheduled_infusions
+    from cikabm.scenario import load_scenario
+    from cikabm.schedules import infusion_count_text
+
+    scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "teaching_mhc_loss.toml")
+    given = kernel_parameters(scenario).infusion_days
+    assert list(np.diff(given)) == [7.0] * 5 and scheduled_infusions(scenario)[6] == 91.0
+    text = infusion_count_text(len(given), len(scheduled_infusions(scenario)), "the 90 days")
+    assert text == "6 of 16 scheduled infusions fall within the 90 days"
+    assert text in validate_text(scenario)
 
 
 def test_summary_reloads_as_the_same_scenario(tiny: Path, tmp_path: Path):
@@ -218,6 +259,45 @@ def test_validate_ok(tiny: Path, capsys: pytest.CaptureFixture[str]):
     line = capsys.readouterr().out.strip()
     assert line.startswith("OK: tiny (2D 40x40, 432 steps of 10 min")
     assert "lee2015" in line
+
+
+def test_validate_describes_a_trial_file_not_the_region_defaults(capsys: pytest.CaptureFixture[str]):
+    """A trial file: its setting, patients, follow-up and each arm's schedule (trial_params.trial_overview),
+    not the region's default 60 days and 'no CIK' (issue 14)."""
+    from cikabm.scenario import load_scenario
+    from cikabm.trial_params import trial_overview
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "hcc_adjuvant_lee2015.toml"
+    assert main(["validate", str(path)]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0] == "OK: hcc_adjuvant_lee2015"
+    assert [line.strip() for line in lines[1:-1]] == [line.strip() for line in trial_overview(load_scenario(path))]
+    assert "adjuvant setting" in lines[1] and "230 patients" in lines[1] and "60 months of follow-up" in lines[1]
+    assert lines[2].strip() == "control (reference): no CIK"
+    assert lines[3].strip() == ("cik: schedule lee2015 from day 14, 6.4e9 cells each: all 16 scheduled infusions "
+                                "fall within the 60-month follow-up")
+    assert "60 days)" not in printed and "schedule none" not in printed
+    assert lines[-1].strip().startswith("sets ") and "[[arms]] x2" in lines[-1]
+
+
+def test_validate_says_when_every_value_is_a_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    assert main(["validate", str(empty)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].strip() == (
+        "note: the file sets no keys; every value is a default (see `cikabm params`)")
+    only_tables = tmp_path / "tables.toml"
+    only_tables.write_text("[tumour]\n[trial]\n", encoding="utf-8")
+    assert main(["validate", str(only_tables)]) == 0
+    assert "sets no keys (only empty tables: [tumour], [trial])" in capsys.readouterr().out
+
+
+def test_validate_counts_the_keys_of_each_table(tiny: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["validate", str(tiny)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].strip() == (
+        "sets 11 keys ([scenario] 2, [lattice] 1, [time] 2, [tumour] 2, [dosing] 2, [homing] 2); "
+        "every other value is a default")
 
 
 def test_validate_lists_every_problem(bad: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -143,3 +143,22 @@ def test_calibrate_log_refuses_a_foreign_file_and_keeps_it(tmp_path, capsys):
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"command": "cikabm calibrate x.toml --hr 0.63"}))
     check_log_path(earlier)
+
+
+def test_validation_rows_say_not_reached_or_not_estimable_in_words():
+    """A median missing in some replicates is 'not reached', a hazard ratio 'not estimable' (never 'NR')."""
+    from types import SimpleNamespace
+
+    from cikabm.scenario import scenario_from_dict
+    from cikabm.trial_params import TrialScenario
+    from cikabm.validation import published_rows
+
+    ts = scenario_from_dict({"published": [
+        {"quantity": "median_months", "endpoint": "rfs", "arm": "cik", "value": 44.0},
+        {"quantity": "hazard_ratio", "endpoint": "rfs", "arm": "cik", "value": 0.63}]}, model=TrialScenario)
+    summaries = [{"endpoints": {"rfs": {"arms": {"cik": {"median_months": median}},
+                                        "comparisons": {"cik_vs_control": {"hr": hr}}}}}
+                 for median, hr in ((43.0, 0.6), (None, None), (45.0, 0.7))]
+    median_row, hr_row = published_rows(ts, SimpleNamespace(summaries=summaries))
+    assert median_row["model"] == "44.0 (43.0-45.0); not reached in 1 of 3"
+    assert hr_row["model"] == "0.65 (0.60-0.70); not estimable in 1 of 3"

@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cikabm.survival import endpoint_summary, plot_km, save_km_figures, subgroup_summary, trial_summary
+from cikabm.survival import (
+    KM_FIGSIZE,
+    endpoint_summary,
+    plot_km,
+    save_km_figures,
+    subgroup_summary,
+    trial_summary,
+)
 
 LN2 = math.log(2.0)
 H_CONTROL = LN2 / 30.0  # control median RFS 30 months
@@ -296,6 +303,28 @@ def test_save_km_figures(small_trial: pd.DataFrame, tmp_path) -> None:
     assert plt.get_fignums() == before  # no pyplot figures left behind
 
 
+def test_four_arm_km_legend_lies_outside_the_curves(tmp_path) -> None:
+    """The legend (arms and hazard ratios) sits beside the axes, so it cannot cover a curve (issue 14)."""
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(8)
+    arms = {"control": H_CONTROL, "lee2015": H_CIK, "weekly6_biweekly": H_CIK * 0.9, "lee2015*0.5": H_CIK * 1.2}
+    patients = pd.concat([exponential_arm(rng, name, h, 200) for name, h in arms.items()], ignore_index=True)
+    paths = save_km_figures(patients, tmp_path, endpoints=["rfs"])
+    assert paths[0].stat().st_size > 0
+    fig = Figure(figsize=KM_FIGSIZE)
+    ax = plot_km(patients, "rfs", ax=fig.add_subplot())
+    fig.tight_layout()
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    data_area = ax.get_window_extent()
+    assert not legend.overlaps(data_area), (legend, data_area)
+    assert legend.x0 >= data_area.x1
+    assert len(ax.get_legend().get_texts()) == 4
+    figure_box = fig.bbox
+    assert figure_box.x0 <= legend.x0 and legend.x1 <= figure_box.x1 + 1  # tight_layout keeps it in the figure
+
+
 def test_landmark_at_the_end_of_follow_up_uses_the_last_follow_up_time():
     """A 60-month trial whose last patient is censored at 59.7 months still reports survival at 60
     months: the Kaplan-Meier value at 59.7, which survival_at_time names; without follow_up_months the
@@ -329,3 +358,37 @@ def test_one_formatter_says_not_reached_in_words():
     assert format_median(43.0, 30.6, None) == "median 43.0 months (95 % CI 30.6-not reached)"
     assert format_median(None, 40.2, None) == "median not reached (95 % CI from 40.2 months)"
     assert format_median(None, None, None) == format_median(float("nan"), None, None) == "median not reached"
+
+
+def test_terminal_summaries_never_print_nr():
+    """Hazard ratios, p-values and delays that cannot be estimated are said in words, by the same
+    formatters in the trial and the comparison summaries (issue 14; 'NR' read as 'not reached')."""
+    from pathlib import Path
+
+    from cikabm.cli_text import comparison_text, trial_summary_text
+    from cikabm.survival import format_estimate, format_hr
+
+    assert format_hr(0.7, 0.55, 0.89, 0.0031) == "HR 0.70 (95 % CI 0.55-0.89), log-rank p 0.0031"
+    assert format_hr(None, None, None, None) == format_hr(float("nan"), 0.1, 2.0, 0.5) == "HR not estimable"
+    assert format_estimate(float("inf")) == "not estimable"
+    assert format_estimate(None, missing="not reached", unit=" months") == "not reached"
+    arm = {"median_months": None, "ci_low": None, "ci_high": None, "events": 0, "n": 3}
+    summary = {"scenario": "s", "seed": 1, "patients": 3, "arms": ["control", "cik"], "setting": "adjuvant",
+               "reference_arm": "control",
+               "endpoints": {"rfs": {"arms": {"control": arm, "cik": arm},
+                                     "comparisons": {"cik_vs_control": {"hr": None, "hr_ci_low": None,
+                                                                        "hr_ci_high": None, "logrank_p": None}}}},
+               "mechanism": {"cik_vs_control": {"recurred_ref": 0, "cured": 0, "cured_micrometastasis": 0,
+                                                "cured_de_novo": 0, "both_recur": 0, "median_delay_months": None,
+                                                "cancer_deaths_ref": 0, "cancer_deaths_arm": 0}}}
+    text = trial_summary_text(summary, Path("out"))
+    assert "cik_vs_control: HR not estimable" in text and "median not reached" in text
+    assert "median delay" not in text
+    table = pd.DataFrame({"arm": ["control", "cik"], "endpoint": "rfs", "is_reference": [True, False],
+                          "hr": [np.nan, np.nan], "hr_ci_low": np.nan, "hr_ci_high": np.nan, "logrank_p": np.nan,
+                          "median_months": np.nan, "median_ci_low": np.nan, "median_ci_high": np.nan,
+                          "infusions_mean": [0.0, 16.0]})
+    compared = comparison_text(table, summary, Path("out"))
+    assert "cik     median not reached, 16.0 infusions; HR not estimable" in compared
+    for printed in (text, compared):
+        assert "NR" not in printed.replace("RFS", "")

@@ -90,12 +90,12 @@ def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
     real = trial_module.simulate_chunk
     calls: list[list[int]] = []
 
-    def dies_on_third_chunk(ts_, patient_ids, seed):
+    def dies_on_third_chunk(ts_, patient_ids, seed, on_patient=None):
         ids = list(patient_ids)
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
         calls.append(ids)
-        return real(ts_, ids, seed)
+        return real(ts_, ids, seed, on_patient)
 
     monkeypatch.setattr(trial_module, "simulate_chunk", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
@@ -104,9 +104,9 @@ def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
 
     redone: list[list[int]] = []
 
-    def counting(ts_, patient_ids, seed):
+    def counting(ts_, patient_ids, seed, on_patient=None):
         redone.append(list(patient_ids))
-        return real(ts_, patient_ids, seed)
+        return real(ts_, patient_ids, seed, on_patient)
 
     monkeypatch.setattr(trial_module, "simulate_chunk", counting)
     resumed = run_trial(ts, tmp_path / "resumed", workers=1, resume=True, progress=False)
@@ -118,7 +118,7 @@ def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
 def test_resume_refuses_chunks_of_another_scenario(tmp_path, monkeypatch):
     ts = small()
     monkeypatch.setattr(trial_module, "simulate_chunk",
-                        lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         run_trial(ts, tmp_path / "t", workers=1, progress=False)
     with pytest.raises(ValueError, match="different scenario"):
@@ -181,3 +181,58 @@ def test_a_slow_kernel_preparation_says_it_is_compiling(monkeypatch):
     monkeypatch.setattr(trial_module, "COMPILE_NOTICE_AFTER_S", 60.0)
     trial_module.prepare_kernels(small(), 5, report=quiet.append)  # cached now: no message
     assert quiet == []
+
+
+def test_a_second_local_cluster_prints_no_port_warning(capfd: pytest.CaptureFixture[str]) -> None:
+    """With port 8787 taken (another trial's cluster, here a socket), the local cluster starts without
+    "Port 8787 is already in use" (issue 14: two concurrent trials printed it)."""
+    import socket
+    import warnings
+
+    blocker: socket.socket | None = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", 8787))
+        blocker.listen()
+    except OSError:  # already taken by something else: the case under test all the same
+        blocker.close()
+        blocker = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with trial_module.dask_client(workers=1) as client:
+                assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        if blocker is not None:
+            blocker.close()
+    said = [str(w.message) for w in caught] + [capfd.readouterr().err]
+    assert not any("already in use" in text for text in said), said
+
+
+class _RecordingBar:
+    """Stands for the tqdm bar (a context manager): records each update."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.updates: list[int] = []
+
+    def __enter__(self) -> _RecordingBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        self.updates.append(n)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_progress_bar_moves_per_patient(tmp_path, monkeypatch, workers):
+    """In this process and on Dask workers alike, each finished patient moves the bar, and the total is exact."""
+    import tqdm.auto
+
+    bars: list[_RecordingBar] = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: bars.append(_RecordingBar()) or bars[-1])
+    run_trial(small(), tmp_path / "out", workers=workers, progress=False)
+    updates = bars[0].updates
+    assert sum(updates) == 12
+    assert max(updates) <= 4  # never more than a chunk at once
+    assert updates.count(1) >= (12 if workers == 1 else 1)  # patient by patient (Dask: events, at least one)

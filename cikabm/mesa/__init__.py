@@ -6,7 +6,8 @@
 * :mod:`cikabm.mesa.reference` — a pure-Mesa reference implementation of the
   same rules, agents as Python objects, for teaching and as an independent
   check of the kernel.
-* :mod:`cikabm.mesa.app` — the SolaraViz app that ``cikabm teach`` serves.
+* :mod:`cikabm.mesa.app` — the Solara teaching app that ``cikabm teach`` serves
+  (one model per browser session).
 
 Nothing here is imported by the core package; importing this subpackage does
 not import Mesa.
