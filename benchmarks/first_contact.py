@@ -143,7 +143,7 @@ def readme_block(report: dict[str, Any]) -> str:
     tests = report.get("tests")
     if tests:
         lines += [f"| test extra: `pip install -e \".[test]\"` on top | {tests['install_seconds']:.0f} s |",
-                  f"| test suite: `python -m pytest` (empty Numba cache; {tests['result']}, "
+                  f"| test suite: `python -m pytest` (empty Numba cache; {tests['result'].strip('= ')}, "
                   f"without `{OWN_TESTS}`, which checks this table) "
                   f"| {tests['seconds'] / 60:.1f} min |"]
     lines += ["", END]
