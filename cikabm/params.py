@@ -242,7 +242,8 @@ class KillingParams(Section):
 class IfnParams(Section):
     diffusion_um2_per_min: float = param(600.0, "µm²/min", "IFN-gamma diffusion coefficient in tissue.",
                                          "cytokines ~10 µm²/s", ge=0, le=1e5)
-    half_life_hours: float = param(2.0, "h", "IFN-gamma half-life in tissue.", gt=0)
+    half_life_hours: float = param(2.0, "h", "IFN-gamma half-life in tissue (at least one minute).",
+                                   ge=1.0 / 60.0)
     secretion_per_hour: float = param(2.0, "units/h", "Secretion by one engaged effector into its field cell.",
                                       ge=0)
     half_effect: float = param(1.0, "units", "Field level at which MHC-I and Fas are raised half-way to 1.",
@@ -293,12 +294,19 @@ class DosingParams(Section):
         return self
 
 
+#: The shortest half-life a blood persistence curve may have: one minute, in days.
+MIN_HALF_LIFE_DAYS = 1.0 / 1440.0
+
+
 class PersistenceParams(Section):
     fast_fraction: float = param(0.9, "fraction", "Share of an infusion in the fast-decaying blood compartment.",
                                  "calibrate", ge=0, le=1)
-    fast_half_life_days: float = param(4.0, "day", "Half-life of the fast part.", "Stein 2019: ~4 d", gt=0)
-    slow_half_life_days: float = param(20.0, "day", "Half-life of the persistent part.",
-                                       "Shi 2012: baseline by ~2 months", gt=0)
+    # Floors at one minute (about one blood circulation): a shorter "persistence" means nothing, and a
+    # half-life near zero made the blood curve NaN, on which the kernel's Poisson sampler never returned.
+    fast_half_life_days: float = param(4.0, "day", "Half-life of the fast part (at least one minute).",
+                                       "Stein 2019: ~4 d", ge=MIN_HALF_LIFE_DAYS)
+    slow_half_life_days: float = param(20.0, "day", "Half-life of the persistent part (at least one minute).",
+                                       "Shi 2012: baseline by ~2 months", ge=MIN_HALF_LIFE_DAYS)
 
 
 class HomingParams(Section):

@@ -141,11 +141,17 @@ def mean_blood_over_steps(n_steps: int, dt_days: float, doses_days: np.ndarray, 
     """
     edges = np.arange(n_steps + 1, dtype=np.float64) * dt_days
     integral = np.zeros(n_steps + 1)
-    for d in np.asarray(doses_days, dtype=np.float64):
-        for frac, half in ((fast_fraction, fast_half_life_days),
-                           (1.0 - fast_fraction, slow_half_life_days)):
-            k = np.log(2.0) / half
-            since = np.clip(edges - d, 0.0, None)
-            # Cumulative integral of frac * dose * exp(-k s) from the dose to each edge.
-            integral += frac * dose * (-np.expm1(-k * since)) / k
-    return np.diff(integral) / dt_days
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is reported below, by name
+        for d in np.asarray(doses_days, dtype=np.float64):
+            for frac, half in ((fast_fraction, fast_half_life_days),
+                               (1.0 - fast_fraction, slow_half_life_days)):
+                k = np.log(2.0) / half
+                since = np.clip(edges - d, 0.0, None)
+                # Cumulative integral of frac * dose * exp(-k s) from the dose to each edge.
+                integral += frac * dose * (-np.expm1(-k * since)) / k
+    level = np.diff(integral) / dt_days
+    if not np.all(np.isfinite(level)):  # validation's floors prevent it; never hand the kernel a NaN
+        raise ValueError("the blood level is not finite for persistence.fast_half_life_days = "
+                         f"{fast_half_life_days!r}, slow_half_life_days = {slow_half_life_days!r}, "
+                         f"dosing.dose_cells = {dose!r}")
+    return level

@@ -270,8 +270,13 @@ def normal(key, agent):
 
 @njit(cache=True)
 def poisson(key, mean):
-    """Poisson draw: inversion for small means, normal approximation above 30."""
-    if mean <= 0.0:
+    """Poisson draw: inversion for small means, normal approximation above 30.
+
+    A mean that is not a positive number (NaN included) gives 0, and the
+    inversion stops after 1000 terms (P(k > 1000) at a mean of 30 is below
+    1e-300): no input can make the loop run for ever.
+    """
+    if not mean > 0.0:  # also NaN, on which every comparison below is False
         return 0
     if mean > 30.0:
         mean = min(mean, 1e15)  # far beyond any capacity; keeps the int64 cast exact
@@ -280,11 +285,12 @@ def poisson(key, mean):
     limit = np.exp(-mean)
     prod = 1.0
     k = 0
-    while True:
+    while k < 1000:
         prod *= uniform(draw(key, k + 1000))
         if prod <= limit:
             return k
         k += 1
+    return k
 
 
 @njit(cache=True, inline="always")
