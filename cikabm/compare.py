@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from cikabm.io import writes_into_out
 from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
 from cikabm.schedules import PRESET_SCHEDULES, blood_level, dosing_phases, infusion_days
@@ -511,6 +512,7 @@ class Comparison:
         return self.run.patients
 
 
+@writes_into_out
 def run_comparison(ts: TrialScenario, out: str | Path, schedules: Sequence[str] | None = None, *,
                    mode: Literal["replace", "append"] = "replace", reference_arm: str | None = None,
                    patients: int | None = None, seed: int | None = None, workers: int | None = None,

@@ -15,20 +15,23 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_json", "atomic_write_text", "is_own_output", "to_jsonable", "write_output_dir"]
+__all__ = ["OutputBusyError", "atomic_write_json", "atomic_write_text", "is_own_output", "output_lock",
+           "to_jsonable", "write_output_dir", "writes_into_out"]
 
 #: The folder in which a trial keeps its finished patients; it is a trial's own
 #: only with the manifest the trial writes in it, so a user's folder of that
 #: name is never taken for one.
 CHUNK_DIR = ".chunks"
 CHUNK_MANIFEST = "manifest.json"
+#: The lock file of a folder a command is writing into (see :func:`output_lock`); every command's own.
+LOCK_NAME = ".cikabm.lock"
 
 
 def is_own_output(path: Path, own: Sequence[str]) -> bool:
@@ -50,11 +53,85 @@ def is_own_output(path: Path, own: Sequence[str]) -> bool:
     -------
     bool
     """
+    if path.name == LOCK_NAME:
+        return True
     if not any(fnmatchcase(path.name, pattern) for pattern in own):
         return False
     if path.name == CHUNK_DIR:
         return path.is_dir() and (path / CHUNK_MANIFEST).is_file()
     return True
+
+
+class OutputBusyError(ValueError):
+    """Another process is writing into the output folder."""
+
+
+#: Folders this process holds the lock of: (open lock file, depth), so that nested holders share it.
+_HELD_LOCKS: dict[Path, list[Any]] = {}
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the one-writer lock of folder ``out`` (created if missing) for the ``with`` block.
+
+    A second process that asks for the lock of the same folder is refused at
+    once with :class:`OutputBusyError`, so two trials never write into one
+    folder. The lock is an advisory :func:`fcntl.flock` on ``out/.cikabm.lock``
+    (released by the system if the holder dies); within one process it is
+    re-entrant (a comparison holds it around the trial that holds it too).
+    Where :mod:`fcntl` does not exist (Windows) nothing is locked.
+
+    Raises
+    ------
+    OutputBusyError
+        If another process holds the lock.
+    """
+    out = Path(out).absolute()
+    held = _HELD_LOCKS.get(out)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield out
+        finally:
+            held[1] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield out
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_NAME, "a+", encoding="utf-8")  # held until the block ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputBusyError(f"--out {out}: {holder} is writing into this folder; wait for it to end or choose "
+                              "another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"cikabm process {os.getpid()}\n")
+    handle.flush()
+    _HELD_LOCKS[out] = [handle, 1]
+    try:
+        yield out
+    finally:
+        del _HELD_LOCKS[out]
+        handle.close()  # releases the lock
+
+
+def writes_into_out(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run ``func(first, out, ...)`` holding the :func:`output_lock` of ``out``."""
+    import functools
+
+    @functools.wraps(func)
+    def locked(first: Any, out: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        with output_lock(out):
+            return func(first, out, *args, **kwargs)
+
+    return locked
 
 
 def _umask() -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cikabm.io import atomic_write_json, to_jsonable
+from cikabm.io import atomic_write_json, to_jsonable, writes_into_out
 from cikabm.trial_params import TrialScenario
 
 #: What ``cikabm trial --replicates`` writes into its output folder (see :data:`cikabm.trial.TRIAL_OUTPUTS`).
@@ -119,6 +119,7 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
+@writes_into_out
 def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients: int | None = None,
                    seed: int | None = None, workers: int | None = None, scheduler: str | None = None,
                    resume: bool = False, progress: bool | None = None) -> ReplicateRun:

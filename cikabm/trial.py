@@ -39,7 +39,7 @@ import pandas as pd
 
 from cikabm import __version__
 from cikabm.course import clinical_course, outcome_row, progression_day
-from cikabm.io import CHUNK_DIR, CHUNK_MANIFEST, atomic_write_json, to_jsonable
+from cikabm.io import CHUNK_DIR, CHUNK_MANIFEST, atomic_write_json, to_jsonable, writes_into_out
 from cikabm.kernels.compartment import EXTINCT
 from cikabm.lesions import DE_NOVO, MICROMETASTASIS, Lesion, compartment_inputs, draw_lesions, lesion_course
 from cikabm.patients import (
@@ -262,6 +262,7 @@ def order_patients(frame: pd.DataFrame, arm_names: list[str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+@writes_into_out
 def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed: int | None = None,
               workers: int | None = None, scheduler: str | None = None, resume: bool = False,
               progress: bool | None = None, client: Any | None = None) -> TrialRun:

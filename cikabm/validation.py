@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from cikabm.io import atomic_write_json, to_jsonable
+from cikabm.io import atomic_write_json, to_jsonable, writes_into_out
 from cikabm.params import markdown_table
 from cikabm.replicates import ReplicateRun, distribution, run_replicates
 from cikabm.trial_params import PublishedValue, TrialScenario
@@ -143,6 +143,7 @@ def assay_row(path: Path = POTENCY_CALIBRATION) -> list[dict[str, Any]]:
              "source": f"Kim 2007; model: `{d['command']}`"}]
 
 
+@writes_into_out
 def run_validation(scenarios: list[tuple[Path, TrialScenario]], out: Path, replicates: int, *,
                    patients: int | None = None, workers: int | None = None, resume: bool = False,
                    progress: bool | None = None) -> pd.DataFrame:
