@@ -9,9 +9,10 @@ physical units here and become per-step probabilities in one place,
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from functools import partial
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from cikabm.schedules import PRESET_SCHEDULES
 
@@ -40,9 +41,23 @@ class Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _printable(text: str, *, newlines: bool = False) -> str:
+    """Refuse control characters (terminal escapes among them): names and texts are printed and plotted."""
+    for i, char in enumerate(text):
+        if (ord(char) < 32 and not (newlines and char in "\n\t")) or 127 <= ord(char) < 160:
+            raise ValueError(f"contains the control character {char!r} at position {i}; use printable text")
+    return text
+
+
+#: A one-line name: printable, at most 100 characters.
+Name = Annotated[str, StringConstraints(max_length=100), AfterValidator(_printable)]
+#: A free text: printable, line breaks allowed, at most 10,000 characters.
+Text = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(partial(_printable, newlines=True))]
+
+
 class ScenarioInfo(Section):
-    name: str = param("unnamed", "-", "Short name of the scenario.")
-    description: str = param("", "-", "What the scenario shows.")
+    name: Name = param("unnamed", "-", "Short name of the scenario.")
+    description: Text = param("", "-", "What the scenario shows.")
     seed: int = param(1, "-", "Seed of all random streams (with patient id, step, agent, purpose).", ge=0,
                       lt=2**63)
 

@@ -16,7 +16,13 @@ import numpy as np
 
 from cikabm.lesions import LESION_PURPOSE, micrometastasis_mean
 from cikabm.params import Scenario
-from cikabm.trial_params import DAYS_PER_MONTH, ArmParams, TrialScenario
+from cikabm.trial_params import (
+    DAYS_PER_MONTH,
+    DOUBLING_TIME_RANGE_DAYS,
+    PRIMARY_SIZE_MAX_CM,
+    ArmParams,
+    TrialScenario,
+)
 
 #: Purposes of the per-patient generators (never reuse a number; 3 is the lesions', see
 #: :data:`cikabm.lesions.LESION_PURPOSE`).
@@ -72,8 +78,11 @@ def draw_patient(ts: TrialScenario, patient_id: int, seed: int | None = None) ->
     seed = ts.scenario.seed if seed is None else seed
     c = ts.cohort
     g = _rng(seed, patient_id, _COVARIATES)
-    doubling = c.doubling_time_median_days * math.exp(c.doubling_time_sd_log * g.standard_normal())
-    size = c.primary_size_median_cm * math.exp(c.primary_size_sd_log * g.standard_normal())
+    # Log-normal draws clipped to what a patient can have (far in the tails at the shipped spreads: 4.8 and
+    # 6.2 sd), so that a wide spread cannot give a doubling time of centuries or a primary of metres.
+    doubling = min(max(c.doubling_time_median_days * math.exp(c.doubling_time_sd_log * g.standard_normal()),
+                       DOUBLING_TIME_RANGE_DAYS[0]), DOUBLING_TIME_RANGE_DAYS[1])
+    size = min(c.primary_size_median_cm * math.exp(c.primary_size_sd_log * g.standard_normal()), PRIMARY_SIZE_MAX_CM)
     ligand = float(np.clip(ts.tumour.ligand_mean + c.ligand_sd * g.standard_normal(), 0.0, 1.0))
     mhc_loss = float(min(ts.tumour.mhc_loss_per_division * math.exp(c.mhc_loss_sd_log * g.standard_normal()),
                          1.0))

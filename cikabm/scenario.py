@@ -157,6 +157,27 @@ def keys_set_text(model: BaseModel) -> str:
     return f"sets {total} key{'s' if total != 1 else ''} ({listed}); every other value is a default"
 
 
+#: The deepest nesting of tables and arrays a scenario has (``[[arms]]`` phases: 4); more is refused.
+MAX_NESTING = 8
+
+
+def _too_deep(data: Any) -> str | None:
+    """The key path of the first value nested more than :data:`MAX_NESTING` levels deep, or None.
+
+    Iterative, so a file of thousands of nested arrays cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return where or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+    return None
+
+
 def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
                   model: type[Scenario] | None = None) -> Scenario:
     """Read and validate a TOML scenario file.
@@ -194,6 +215,11 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(source, [f"not valid TOML: {err}"]) from None
+    except RecursionError:  # arrays nested hundreds deep: no scenario key is
+        raise ScenarioError(source, [f"nested more than {MAX_NESTING} levels deep"]) from None
+    too_deep = _too_deep(data)
+    if too_deep is not None:
+        raise ScenarioError(source, [f"{too_deep}: nested more than {MAX_NESTING} levels deep; no scenario key is"])
     if overrides:
         data = merge_tables(data, overrides)
     if model is None:

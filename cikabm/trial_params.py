@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cikabm.params import DosingParams, Scenario, Section, param
+from cikabm.params import DosingParams, Name, Scenario, Section, Text, param
 from cikabm.schedules import dosing_phases, infusion_count_text, infusion_days
 
 
@@ -27,7 +27,7 @@ class TrialInfo(Section):
                                     "Lee 2015: 5 years", gt=0, le=600)
     accrual_months: float = param(0.0, "month", "Enrolment spread: censoring falls uniformly between "
                                   "follow_up - accrual and follow_up.", ge=0)
-    reference_arm: str = param("control", "-", "Arm the others are compared with.")
+    reference_arm: Name = param("control", "-", "Arm the others are compared with.")
     chunk_patients: int = param(10, "patients", "Patients per work unit (and per resumable result chunk).",
                                 ge=1, le=10_000)
 
@@ -42,16 +42,24 @@ class TrialInfo(Section):
 class ArmParams(DosingParams):
     """One arm: a name and its dosing (the fields of [dosing])."""
 
-    name: str = param("arm", "-", "Arm name, used in tables and plots.")
+    name: Name = param("arm", "-", "Arm name, used in tables and plots.")
+
+
+#: The range of a patient's tumour doubling time (days) and the largest resected primary (cm): bounds of
+#: the cohort's medians and clips of each patient's draw (:func:`cikabm.patients.draw_patient`).
+DOUBLING_TIME_RANGE_DAYS = (1.0, 3650.0)
+PRIMARY_SIZE_MAX_CM = 30.0
 
 
 class CohortParams(Section):
     doubling_time_median_days: float = param(
         85.7, "day", "Median tumour volume doubling time (sets each patient's net growth rate).",
-        "An 2015: median 85.7 d in Korea (range 11-851)", gt=0)
+        "An 2015: median 85.7 d in Korea (range 11-851)", ge=DOUBLING_TIME_RANGE_DAYS[0],
+        le=DOUBLING_TIME_RANGE_DAYS[1])
     doubling_time_sd_log: float = param(0.6, "log", "Between-patient spread (sd of the log).",
                                         "calibrate", ge=0, le=3)
-    primary_size_median_cm: float = param(3.5, "cm", "Median diameter of the resected primary.", gt=0)
+    primary_size_median_cm: float = param(3.5, "cm", "Median diameter of the resected primary.", gt=0,
+                                          le=PRIMARY_SIZE_MAX_CM)
     primary_size_sd_log: float = param(0.45, "log", "Spread of the primary diameter (sd of the log).",
                                        ge=0, le=3)
     ligand_sd: float = param(0.1, "0-1", "Between-patient sd of the mean NKG2D-ligand density.", ge=0, le=1)
@@ -171,14 +179,14 @@ class PublishedValue(Section):
         "event_fraction of an arm by `months`.")
     endpoint: Literal["rfs", "pfs", "os", "css"] = param("rfs", "-", "Endpoint (os: all-cause death; css: "
                                                          "cancer-related death).")
-    arm: str = param("", "-", "The arm (for hazard_ratio: the treated arm).")
+    arm: Name = param("", "-", "The arm (for hazard_ratio: the treated arm).")
     months: float = param(0.0, "month", "Landmark of an event_fraction.", ge=0)
     value: float = param(1.0, "-", "Published value.", ge=0)
     ci_low: float | None = param(None, "-", "Lower 95 % confidence limit, if published.")
     ci_high: float | None = param(None, "-", "Upper 95 % confidence limit, if published.")
     role: Literal["calibrated", "predicted"] = param("predicted", "-", "calibrated: a target of `cikabm "
                                                      "calibrate`; predicted: never fitted.")
-    source: str = param("", "-", "Where the value is published.")
+    source: Text = param("", "-", "Where the value is published.")
 
 
 class TrialScenario(Scenario):
