@@ -85,6 +85,12 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
     ------
     OutputBusyError
         If another process holds the lock.
+
+    Notes
+    -----
+    A folder (and its parents) that this call had to create is removed again
+    if, when the block ends, it holds nothing but the lock file: a command
+    that fails before writing leaves nothing behind.
     """
     out = Path(out).absolute()
     held = _HELD_LOCKS.get(out)
@@ -100,6 +106,7 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
     except ImportError:  # pragma: no cover - not on POSIX
         yield out
         return
+    created = _missing_ancestors(out / LOCK_NAME)
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK_NAME, "a+", encoding="utf-8")  # held until the block ends
     try:
@@ -108,6 +115,7 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
+        _remove_created_dirs(created)  # nothing of ours is left if we made the folder just now
         raise OutputBusyError(f"--out {out}: {holder} is writing into this folder; wait for it to end or choose "
                               "another folder") from None
     handle.seek(0)
@@ -119,6 +127,9 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
         yield out
     finally:
         del _HELD_LOCKS[out]
+        if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:  # failed before writing: leave nothing
+            (out / LOCK_NAME).unlink()
+            _remove_created_dirs(created)
         handle.close()  # releases the lock
 
 

@@ -298,6 +298,8 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     seed = ts.scenario.seed if seed is None else int(seed)
     n_patients = ts.trial.patients if patients is None else int(patients)
     out = Path(out)
+    if scheduler is not None and client is None:
+        connect_scheduler(scheduler).close()  # unreachable: said at once, before any compile or file
     chunk_dir = out / CHUNK_DIR
     fingerprint = _fingerprint(ts, seed, n_patients)
     manifest_path = chunk_dir / CHUNK_MANIFEST
@@ -362,6 +364,22 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     return TrialRun(out=out, patients=patients_df, summary=summary)
 
 
+#: Seconds to wait for a Dask scheduler given by address before saying it cannot be reached.
+SCHEDULER_TIMEOUT_S = 10
+
+
+def connect_scheduler(scheduler: str) -> Any:
+    """A Dask client on the scheduler at ``scheduler``, or a ValueError that names it within seconds."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there within "
+                         f"{SCHEDULER_TIMEOUT_S} s ({err}); start one (dask scheduler) or leave --scheduler out "
+                         "for a local cluster") from None
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
     """A Dask client: on ``scheduler`` if given, else on a local cluster of ``workers`` processes."""
@@ -378,7 +396,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        client = connect_scheduler(scheduler)
     try:
         yield client
     finally:

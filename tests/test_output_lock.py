@@ -85,3 +85,32 @@ def test_the_lock_is_reentrant_in_one_process_and_freed_when_its_holder_dies(tmp
 
 def test_the_lock_file_counts_as_every_commands_own(tmp_path: Path):
     assert is_own_output(tmp_path / LOCK_NAME, ())
+
+
+def test_a_folder_made_for_the_lock_goes_again_when_nothing_was_written(tmp_path: Path):
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError), output_lock(out):
+        raise RuntimeError("failed before writing")
+    assert not (tmp_path / "new").exists()
+    with output_lock(out):
+        (out / "summary.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "summary.json"]
+
+
+def test_an_unreachable_scheduler_is_named_within_seconds_and_nothing_is_written(tmp_path, capsys):
+    import socket
+
+    from cikabm.trial import SCHEDULER_TIMEOUT_S
+
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scenario = tmp_path / "t.toml"
+    scenario.write_text(TINY_TRIAL)
+    start = time.monotonic()
+    rc = main(["trial", str(scenario), "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}",
+               "--no-progress"])
+    assert rc == 2 and time.monotonic() - start < SCHEDULER_TIMEOUT_S + 20
+    err = capsys.readouterr().err
+    assert f"--scheduler tcp://127.0.0.1:{port}: cannot reach a Dask scheduler" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
