@@ -48,6 +48,19 @@ class UserError(Exception):
 
 # --------------------------------------------------------------------------- argument types
 
+def positive_float(option: str, hi: float) -> Any:
+    """An argparse type: a number in (0, ``hi``] (NaN and infinity refused), the option named in the error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {option} takes a number") from None
+        if not 0 < value <= hi:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {option} must be in (0, {hi:g}]")
+        return value
+    return parse
+
+
 def _int_in(name: str, lo: int, hi: int | None = None) -> Any:
     def parse(text: str) -> int:
         try:

@@ -46,21 +46,12 @@ def _ratio_list(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def _positive(option: str, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {option} takes a number") from None
-        if not 0 < value <= hi:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {option} must be in (0, {hi:g}]")
-        return value
-    return parse
 
 
 def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
     """Add ``assay`` and ``calibrate-potency`` to the ``cikabm`` sub-parsers."""
     from cikabm.assay import BLOCKING_CHOICES, COCULTURE_CHOICES, EFFECTOR_CHOICES, TARGET_CHOICES
+    from cikabm.cli import positive_float
 
     asy = sub.add_parser(
         "assay", help="an in-silico chromium-release (cytotoxicity) assay of a scenario's effectors",
@@ -81,7 +72,7 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
     asy.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
     asy.add_argument("--et", metavar="LIST", type=_ratio_list, default=None,
                      help="E:T ratios (default: 1,3,10,30,100)")
-    asy.add_argument("--hours", metavar="H", type=_positive("--hours", 72.0), default=4.0,
+    asy.add_argument("--hours", metavar="H", type=positive_float("--hours", 72.0), default=4.0,
                      help="duration of the co-culture (default: 4)")
     asy.add_argument("--replicates", metavar="N", type=int_in("--replicates", 2, 1000), default=10,
                      help="replicate wells per condition and E:T (default: 10)")
@@ -93,7 +84,7 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
                      default=["line"], help="the line as it is, all MHC-I-lost, or half (default: line)")
     asy.add_argument("--coculture", metavar="LIST", type=_choice_list("--coculture", COCULTURE_CHOICES),
                      default=["lattice"], help="lattice (effectors walk) and/or well_mixed (default: lattice)")
-    asy.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
+    asy.add_argument("--targets-per-site", metavar="D", type=positive_float("--targets-per-site", 0.5),
                      default=DEFAULT_TARGETS_PER_SITE, help="target density of a well (default: 1 per 150 sites)")
     asy.add_argument("--no-progress", action="store_true", help="no progress bar")
     asy.set_defaults(func=cmd_assay)
@@ -110,15 +101,15 @@ def add_commands(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
                     "--et 30 --hours 4 --log calibration/potency_calibration.json"),
         formatter_class=formatter)
     cal.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file with the tumour line")
-    cal.add_argument("--lysis", metavar="FRACTION", type=_positive("--lysis", 0.999), default=0.33,
+    cal.add_argument("--lysis", metavar="FRACTION", type=positive_float("--lysis", 0.999), default=0.33,
                      help="target specific lysis (default: 0.33, Kim 2007)")
-    cal.add_argument("--et", metavar="RATIO", type=_positive("--et", 1e5), default=30.0,
+    cal.add_argument("--et", metavar="RATIO", type=positive_float("--et", 1e5), default=30.0,
                      help="E:T ratio of the target (default: 30)")
-    cal.add_argument("--hours", metavar="H", type=_positive("--hours", 72.0), default=4.0,
+    cal.add_argument("--hours", metavar="H", type=positive_float("--hours", 72.0), default=4.0,
                      help="assay duration (default: 4)")
     cal.add_argument("--replicates", metavar="N", type=int_in("--replicates", 2, 1000), default=20,
                      help="replicate wells per evaluation (default: 20)")
-    cal.add_argument("--targets-per-site", metavar="D", type=_positive("--targets-per-site", 0.5),
+    cal.add_argument("--targets-per-site", metavar="D", type=positive_float("--targets-per-site", 0.5),
                      default=DEFAULT_TARGETS_PER_SITE, help="target density of a well (default: 1 per 150 sites)")
     cal.add_argument("--log", metavar="FILE", type=Path, default=None, help="write the search history (JSON)")
     cal.set_defaults(func=cmd_calibrate_potency)

@@ -29,6 +29,8 @@ def _fraction(text: str) -> float:
 
 def add_command(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
     """Add ``calibrate`` to the ``cikabm`` sub-parsers."""
+    from cikabm.cli import positive_float
+
     cal = sub.add_parser(
         "calibrate", help="fit an adjuvant trial to its control arm's RFS and the RFS hazard ratio",
         description=wrap(
@@ -43,11 +45,13 @@ def add_command(sub: Any, formatter: type, wrap: Any, int_in: Any) -> None:
                     "--five-year-recurrence 0.70 --hr 0.63 --treatment-arm cik --log calibration.json"),
         formatter_class=formatter)
     cal.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")
-    cal.add_argument("--control-median", metavar="MONTHS", type=float, required=True,
+    cal.add_argument("--control-median", metavar="MONTHS", type=positive_float("--control-median", 600.0),
+                     required=True,
                      help="target median RFS of the reference arm")
     cal.add_argument("--five-year-recurrence", metavar="FRACTION", type=_fraction, default=0.70,
                      help="target share of the reference arm with recurrence or death by 5 years (default 0.70)")
-    cal.add_argument("--hr", metavar="HR", type=float, required=True, help="target RFS hazard ratio")
+    cal.add_argument("--hr", metavar="HR", type=positive_float("--hr", 1.0), required=True,
+                     help="target RFS hazard ratio, in (0, 1]")
     cal.add_argument("--treatment-arm", metavar="NAME", required=True, help="the treated arm")
     cal.add_argument("--cohorts", metavar="N", type=int_in("--cohorts", 1, 100), default=4,
                      help="replicate cohorts pooled in the fit (default: 4)")

@@ -63,3 +63,17 @@ def test_widest_spreads_keep_every_patient_within_range():
     assert DOUBLING_TIME_RANGE_DAYS[0] <= min(doubling) and max(doubling) == DOUBLING_TIME_RANGE_DAYS[1]
     assert max(p.primary_size_cm for p in patients) == PRIMARY_SIZE_MAX_CM
     assert all(p.micrometastases_expected < 1e6 for p in patients)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--hr", "nan"), ("--hr", "0"), ("--hr", "1.5"),
+                                               ("--control-median", "inf"), ("--control-median", "-30")])
+def test_calibrate_refuses_a_target_that_is_not_a_number_in_range(tmp_path, capsys, option, value):
+    """``--hr nan`` used to run the whole fit and report values at the edge of the search as fitted."""
+    args = {"--hr": "0.63", "--control-median": "30", option: value}
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "scenarios/hcc_adjuvant_lee2015.toml", "--treatment-arm", "cik",
+              *[f"{k}={v}" for k, v in args.items()], "--log", str(tmp_path / "log.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: invalid value {value!r}" in err and "Traceback" not in err
+    assert not (tmp_path / "log.json").exists()
