@@ -23,6 +23,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -239,19 +240,60 @@ class TrialRun:
 
 def _fingerprint(ts: TrialScenario, seed: int, n_patients: int) -> str:
     text = json.dumps({"scenario": ts.model_dump(mode="json"), "seed": seed, "patients": n_patients,
-                       "version": __version__}, sort_keys=True)
+                       "version": __version__, "code": code_fingerprint()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the code that makes a trial's rows: every source file of the package, NumPy and Numba.
+
+    A version string alone missed a code change made without a version change; resumed chunks and Dask
+    workers must run this same code.
+    """
+    import numba
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(f"numpy {np.__version__} numba {numba.__version__}".encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _trusted_chunks(chunk_dir: Path, checksums: dict[str, str], n_chunks: int) -> list[int]:
+    """Indices of the chunk files whose content is what this trial wrote; any other is named and removed."""
+    import sys
+
+    trusted = []
+    for i in range(n_chunks):
+        path = chunk_dir / f"chunk_{i:05d}.parquet"
+        if not path.exists():
+            continue
+        if checksums.get(path.name) == _file_sha256(path):
+            trusted.append(i)
+            continue
+        print(f"--resume: {path} is not the chunk this trial wrote (corrupted, truncated or copied from "
+              "elsewhere): recomputing it", file=sys.stderr, flush=True)
+        path.unlink()
+    return trusted
 
 
 def _chunks(n_patients: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, n_patients))) for start in range(0, n_patients, size)]
 
 
-def _write_chunk(chunk_dir: Path, index: int, frame: pd.DataFrame) -> None:
+def _write_chunk(chunk_dir: Path, index: int, frame: pd.DataFrame, manifest: dict[str, Any]) -> None:
+    """Write chunk ``index`` atomically and record its checksum in the manifest (what ``--resume`` trusts)."""
     path = chunk_dir / f"chunk_{index:05d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
+    manifest["chunks"][path.name] = _file_sha256(path)
+    atomic_write_json(chunk_dir / CHUNK_MANIFEST, manifest)
 
 
 def order_patients(frame: pd.DataFrame, arm_names: list[str]) -> pd.DataFrame:
@@ -303,18 +345,26 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     chunk_dir = out / CHUNK_DIR
     fingerprint = _fingerprint(ts, seed, n_patients)
     manifest_path = chunk_dir / CHUNK_MANIFEST
+    old: dict[str, Any] = {}
     if chunk_dir.exists():
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if not resume or old.get("fingerprint") != fingerprint:
             if resume:
-                raise ValueError(f"--resume: {out} holds chunks of a different scenario, seed or patient "
-                                 "count; rerun without --resume to start afresh")
+                raise ValueError(f"--resume: {out} holds chunks of a different scenario, seed, patient count "
+                                 "or cikabm code (a source file changed since); rerun without --resume to "
+                                 "start afresh")
             shutil.rmtree(chunk_dir)
+            old = {}
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest_path, {"fingerprint": fingerprint, "patients": n_patients, "seed": seed})
-
     chunks = _chunks(n_patients, ts.trial.chunk_patients)
-    todo = [i for i in range(len(chunks)) if not (chunk_dir / f"chunk_{i:05d}.parquet").exists()]
+    checksums: dict[str, str] = {}
+    done = _trusted_chunks(chunk_dir, dict(old.get("chunks", {})), len(chunks)) if chunk_dir.exists() else []
+    manifest = {"fingerprint": fingerprint, "patients": n_patients, "seed": seed, "chunks": checksums}
+    for i in done:
+        name = f"chunk_{i:05d}.parquet"
+        checksums[name] = old["chunks"][name]
+    atomic_write_json(manifest_path, manifest)
+    todo = [i for i in range(len(chunks)) if i not in set(done)]
     done_patients = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
     if todo:
         prepare_kernels(ts, seed)  # once, here: workers then load the cache, and the ETA leaves it out
@@ -322,12 +372,13 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
                else not progress, desc=ts.scenario.name)
     with bar:
         if todo and client is not None:
-            _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, bar)
+            _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, manifest, bar)
         elif todo and (scheduler is not None or (workers or 0) != 1):
-            _run_dask(ts, seed, chunks, todo, chunk_dir, workers, scheduler, bar)
+            _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, scheduler, bar)
         else:
             for i in todo:
-                _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)))
+                _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)),
+                             manifest)
 
     frames = [pd.read_parquet(chunk_dir / f"chunk_{i:05d}.parquet") for i in range(len(chunks))]
     patients_df = order_patients(pd.concat(frames, ignore_index=True), [a.name for a in ts.arms])
@@ -373,11 +424,39 @@ def connect_scheduler(scheduler: str) -> Any:
     from dask.distributed import Client
 
     try:
-        return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as err:
         raise ValueError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there within "
                          f"{SCHEDULER_TIMEOUT_S} s ({err}); start one (dask scheduler) or leave --scheduler out "
                          "for a local cluster") from None
+    try:
+        check_workers(client, scheduler)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def check_workers(client: Any, scheduler: str, expected: str | None = None) -> None:
+    """Refuse a cluster with no worker, or with a worker that cannot run or runs other cikabm code.
+
+    Each worker's :func:`code_fingerprint` must equal ``expected`` (default: this process's): rows made by
+    other code would be mixed into the trial without a word.
+    """
+    expected = code_fingerprint() if expected is None else expected
+    try:
+        theirs = client.run(code_fingerprint)
+    except Exception as err:  # the worker's own error, e.g. it cannot import cikabm
+        raise ValueError(f"--scheduler {scheduler}: a Dask worker cannot run cikabm ({type(err).__name__}: {err}); "
+                         "install this cikabm on every worker") from None
+    if not theirs:
+        raise ValueError(f"--scheduler {scheduler}: the Dask cluster has no worker; start at least one "
+                         "(dask worker ADDRESS)")
+    differ = sorted(address for address, fingerprint in theirs.items() if fingerprint != expected)
+    if differ:
+        raise ValueError(f"--scheduler {scheduler}: Dask worker(s) {', '.join(differ)} run other cikabm code than "
+                         "this process (another version or changed source files); install the same cikabm on "
+                         "every worker")
 
 
 @contextlib.contextmanager
@@ -406,14 +485,13 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
 
 def _run_dask(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int], chunk_dir: Path,
-              workers: int | None, scheduler: str | None, bar: Any) -> None:
+              manifest: dict[str, Any], workers: int | None, scheduler: str | None, bar: Any) -> None:
     with dask_client(workers, scheduler) as client:
-        _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, bar)
+        _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, manifest, bar)
 
 
 def _submit_chunks(client: Any, ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int],
-                   chunk_dir: Path, bar: Any) -> None:
-    import functools
+                   chunk_dir: Path, manifest: dict[str, Any], bar: Any) -> None:
     import threading
     import uuid
 
@@ -438,7 +516,7 @@ def _submit_chunks(client: Any, ts: TrialScenario, seed: int, chunks: list[list[
                                  pure=False): i for i in todo}
         for future in as_completed(futures):
             i = futures[future]
-            _write_chunk(chunk_dir, i, future.result())
+            _write_chunk(chunk_dir, i, future.result(), manifest)
             advance(i, len(chunks[i]))
     finally:
         client.unsubscribe_topic(topic)
