@@ -66,8 +66,8 @@ class OutputBusyError(ValueError):
     """Another process is writing into the output folder."""
 
 
-#: Folders this process holds the lock of: (open lock file, depth), so that nested holders share it.
-_HELD_LOCKS: dict[Path, list[Any]] = {}
+#: Folders this process holds the lock of: a nested holder shares it, the outermost releases it.
+_HELD_LOCKS: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -93,13 +93,8 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
     that fails before writing leaves nothing behind.
     """
     out = Path(out).absolute()
-    held = _HELD_LOCKS.get(out)
-    if held is not None:
-        held[1] += 1
-        try:
-            yield out
-        finally:
-            held[1] -= 1
+    if out in _HELD_LOCKS:
+        yield out
         return
     try:
         import fcntl
@@ -122,11 +117,11 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
     handle.truncate()
     handle.write(f"cikabm process {os.getpid()}\n")
     handle.flush()
-    _HELD_LOCKS[out] = [handle, 1]
+    _HELD_LOCKS.add(out)
     try:
         yield out
     finally:
-        del _HELD_LOCKS[out]
+        _HELD_LOCKS.discard(out)
         if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:  # failed before writing: leave nothing
             (out / LOCK_NAME).unlink()
             _remove_created_dirs(created)

@@ -185,9 +185,8 @@ class Results:
                 "arrivals": int(last[f"arrivals_{key}"]),
             }
         total_tumour = frame["tumour_total"].to_numpy()
-        lost_fraction = np.divide(frame["tumour_mhc_lost"].to_numpy(), total_tumour,
-                                  out=np.zeros(len(frame)), where=total_tumour > 0)
-        peak_lost = mhc_lost_peak(self.record_days, total_tumour, frame["tumour_mhc_lost"].to_numpy())
+        lost_tumour = frame["tumour_mhc_lost"].to_numpy()
+        peak_lost = mhc_lost_peak(self.record_days, total_tumour, lost_tumour)
         sc = self.scenario
         return {
             "scenario": sc.scenario.name,
@@ -204,7 +203,7 @@ class Results:
             "tumour_peak": int(total_tumour.max()),
             "tumour_peak_day": float(self.record_days[int(total_tumour.argmax())]),
             "tumour_final_mhc_lost": int(last["tumour_mhc_lost"]),
-            "mhc_lost_fraction_final": float(lost_fraction[-1]) if total_tumour[-1] > 0 else None,
+            "mhc_lost_fraction_final": float(lost_tumour[-1] / total_tumour[-1]) if total_tumour[-1] > 0 else None,
             "mhc_lost_peak": peak_lost,
             "kills_total": int(last["kills_total"]),
             "kills_by_mechanism": {mk: int(last[f"kills_{mk}"]) for mk in MECH_KEYS},

@@ -101,14 +101,10 @@ def format_median(median: float | None, low: float | None, high: float | None, u
     >>> format_median(None, None, None)
     'median not reached'
     """
-    def bad(x: float | None) -> bool:
-        return x is None or not math.isfinite(float(x))
-
-    if bad(median):
-        return "median not reached" if bad(low) else f"median not reached (95 % CI from {low:.1f} {unit})"
-    ci_low = "?" if bad(low) else f"{low:.1f}"
-    ci_high = "not reached" if bad(high) else f"{high:.1f}"
-    return f"median {median:.1f} {unit} (95 % CI {ci_low}-{ci_high})"
+    ci_low = format_estimate(low, missing="?")
+    if _is_missing(median):
+        return "median not reached" if ci_low == "?" else f"median not reached (95 % CI from {ci_low} {unit})"
+    return f"median {median:.1f} {unit} (95 % CI {ci_low}-{format_estimate(high, missing='not reached')})"
 
 
 def format_estimate(value: float | None, spec: str = ".1f", *, missing: str = "not estimable",
@@ -128,9 +124,14 @@ def format_estimate(value: float | None, spec: str = ".1f", *, missing: str = "n
     >>> format_estimate(30.08, unit=" months")
     '30.1 months'
     """
-    if value is None or not math.isfinite(float(value)):
+    if _is_missing(value):
         return missing
     return f"{format(value, spec)}{unit}"
+
+
+def _is_missing(value: float | None) -> bool:
+    """None, NaN or infinite: a statistic that could not be estimated."""
+    return value is None or not math.isfinite(float(value))
 
 
 def format_hr(hr: float | None, low: float | None, high: float | None, p: float | None) -> str:
@@ -141,7 +142,7 @@ def format_hr(hr: float | None, low: float | None, high: float | None, p: float 
     >>> format_hr(None, None, None, None)
     'HR not estimable'
     """
-    if hr is None or not math.isfinite(float(hr)):
+    if _is_missing(hr):
         return "HR not estimable"
     return (f"HR {hr:.2f} (95 % CI {format_estimate(low, '.2f', missing='?')}-"
             f"{format_estimate(high, '.2f', missing='?')}), log-rank p {format_estimate(p, '.3g')}")

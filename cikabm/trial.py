@@ -264,17 +264,23 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _trusted_chunks(chunk_dir: Path, checksums: dict[str, str], n_chunks: int) -> list[int]:
-    """Indices of the chunk files whose content is what this trial wrote; any other is named and removed."""
+def _chunk_path(chunk_dir: Path, index: int) -> Path:
+    return chunk_dir / f"chunk_{index:05d}.parquet"
+
+
+def _trusted_chunks(chunk_dir: Path, checksums: dict[str, str], n_chunks: int) -> dict[int, str]:
+    """``{index: checksum}`` of the chunk files whose content is what this trial wrote; any other is
+    named and removed."""
     import sys
 
-    trusted = []
+    trusted = {}
     for i in range(n_chunks):
-        path = chunk_dir / f"chunk_{i:05d}.parquet"
+        path = _chunk_path(chunk_dir, i)
         if not path.exists():
             continue
-        if checksums.get(path.name) == _file_sha256(path):
-            trusted.append(i)
+        checksum = _file_sha256(path)
+        if checksums.get(path.name) == checksum:
+            trusted[i] = checksum
             continue
         print(f"--resume: {path} is not the chunk this trial wrote (corrupted, truncated or copied from "
               "elsewhere): recomputing it", file=sys.stderr, flush=True)
@@ -288,7 +294,7 @@ def _chunks(n_patients: int, size: int) -> list[list[int]]:
 
 def _write_chunk(chunk_dir: Path, index: int, frame: pd.DataFrame, manifest: dict[str, Any]) -> None:
     """Write chunk ``index`` atomically and record its checksum in the manifest (what ``--resume`` trusts)."""
-    path = chunk_dir / f"chunk_{index:05d}.parquet"
+    path = _chunk_path(chunk_dir, index)
     tmp = path.with_suffix(".parquet.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
@@ -341,7 +347,11 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     n_patients = ts.trial.patients if patients is None else int(patients)
     out = Path(out)
     if scheduler is not None and client is None:
-        connect_scheduler(scheduler).close()  # unreachable: said at once, before any compile or file
+        # Connect first, so that an unreachable scheduler (or workers running other code) is said at once,
+        # before any compile or file; the trial then runs on this one client.
+        with dask_client(scheduler=scheduler) as connected:
+            return run_trial(ts, out, patients=patients, seed=seed, resume=resume, progress=progress,
+                             client=connected)
     chunk_dir = out / CHUNK_DIR
     fingerprint = _fingerprint(ts, seed, n_patients)
     manifest_path = chunk_dir / CHUNK_MANIFEST
@@ -357,15 +367,12 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
             old = {}
     chunk_dir.mkdir(parents=True, exist_ok=True)
     chunks = _chunks(n_patients, ts.trial.chunk_patients)
-    checksums: dict[str, str] = {}
-    done = _trusted_chunks(chunk_dir, dict(old.get("chunks", {})), len(chunks)) if chunk_dir.exists() else []
-    manifest = {"fingerprint": fingerprint, "patients": n_patients, "seed": seed, "chunks": checksums}
-    for i in done:
-        name = f"chunk_{i:05d}.parquet"
-        checksums[name] = old["chunks"][name]
+    trusted = _trusted_chunks(chunk_dir, old.get("chunks", {}), len(chunks))
+    manifest = {"fingerprint": fingerprint, "patients": n_patients, "seed": seed,
+                "chunks": {_chunk_path(chunk_dir, i).name: checksum for i, checksum in trusted.items()}}
     atomic_write_json(manifest_path, manifest)
-    todo = [i for i in range(len(chunks)) if i not in set(done)]
-    done_patients = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+    todo = [i for i in range(len(chunks)) if i not in trusted]
+    done_patients = sum(len(chunks[i]) for i in trusted)
     if todo:
         prepare_kernels(ts, seed)  # once, here: workers then load the cache, and the ETA leaves it out
     bar = tqdm(total=n_patients, initial=done_patients, unit="patient", disable=None if progress is None
@@ -373,14 +380,14 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     with bar:
         if todo and client is not None:
             _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, manifest, bar)
-        elif todo and (scheduler is not None or (workers or 0) != 1):
-            _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, scheduler, bar)
+        elif todo and (workers or 0) != 1:
+            _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, bar)
         else:
             for i in todo:
                 _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)),
                              manifest)
 
-    frames = [pd.read_parquet(chunk_dir / f"chunk_{i:05d}.parquet") for i in range(len(chunks))]
+    frames = [pd.read_parquet(_chunk_path(chunk_dir, i)) for i in range(len(chunks))]
     patients_df = order_patients(pd.concat(frames, ignore_index=True), [a.name for a in ts.arms])
     summary = {
         "scenario": ts.scenario.name,
@@ -485,8 +492,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
 
 def _run_dask(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int], chunk_dir: Path,
-              manifest: dict[str, Any], workers: int | None, scheduler: str | None, bar: Any) -> None:
-    with dask_client(workers, scheduler) as client:
+              manifest: dict[str, Any], workers: int | None, bar: Any) -> None:
+    """Run the chunks ``todo`` on a local cluster of ``workers`` processes (started after the compile)."""
+    with dask_client(workers) as client:
         _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, manifest, bar)
 
 
