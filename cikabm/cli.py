@@ -357,7 +357,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     """``cikabm params``: print the parameter reference."""
-    from cikabm.params import parameter_reference, parameter_rows
+    from cikabm.modeldoc import parameter_reference, parameter_rows
 
     if args.format == "csv":
         rows = parameter_rows()

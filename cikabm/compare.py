@@ -307,11 +307,12 @@ def comparison_scenario(ts: TrialScenario, schedules: Sequence[str] | Sequence[A
             reference_arm = untreated[0] if untreated else names[0]
     if reference_arm not in names:
         raise ValueError(f"reference arm {reference_arm!r} is not one of the arms {names}")
-    data = ts.model_dump(mode="python")
+    # Only the keys the file set: a trial refuses a file that sets the keys it replaces per patient.
+    data = ts.model_dump(mode="python", exclude_unset=True)
     data["arms"] = [a.model_dump(mode="python") for a in arms]
-    data["trial"]["reference_arm"] = reference_arm
-    if schedules is not None and not data["scenario"]["name"].endswith("_comparison"):
-        data["scenario"]["name"] += "_comparison"
+    data.setdefault("trial", {})["reference_arm"] = reference_arm
+    if schedules is not None and not ts.scenario.name.endswith("_comparison"):
+        data.setdefault("scenario", {})["name"] = ts.scenario.name + "_comparison"
     return TrialScenario.model_validate(data, strict=False)
 
 

@@ -10,7 +10,7 @@ physical units here and become per-step probabilities in one place,
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -53,6 +53,16 @@ def _printable(text: str, *, newlines: bool = False) -> str:
 Name = Annotated[str, StringConstraints(max_length=100), AfterValidator(_printable)]
 #: A free text: printable, line breaks allowed, at most 10,000 characters.
 Text = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(partial(_printable, newlines=True))]
+
+
+def upper_bound(section: type[BaseModel], field: str) -> float:
+    """The largest value the schema allows for ``section.field`` (``inf`` when unbounded)."""
+    for m in section.model_fields[field].metadata:
+        for attr in ("le", "lt"):
+            bound = getattr(m, attr, None)
+            if bound is not None:
+                return float(bound)
+    return float("inf")
 
 
 class ScenarioInfo(Section):
@@ -352,9 +362,9 @@ class Scenario(Section):
         n_sites = 1
         for n in self.lattice.shape:
             n_sites *= n
-        if self.tumour.initial_cells > n_sites:
-            raise ValueError(f"tumour.initial_cells = {self.tumour.initial_cells} exceeds the "
-                             f"{n_sites} lattice sites")
+        key, cells = self._cells_placed_at_start()
+        if cells > n_sites:
+            raise ValueError(f"{key} = {cells} exceeds the {n_sites} lattice sites")
         steps = self.time.duration_days * 1440.0 / self.time.dt_minutes
         if steps > 1e8:
             raise ValueError(f"time.duration_days = {self.time.duration_days:g} at time.dt_minutes = "
@@ -376,101 +386,10 @@ class Scenario(Section):
                              f"(time.duration_days = {self.time.duration_days}): no infusion would be given")
         return self
 
+    def _cells_placed_at_start(self) -> tuple[str, int]:
+        """The most tumour cells a run places on the lattice at the start, and the key that sets it."""
+        return "tumour.initial_cells", self.tumour.initial_cells
+
     @property
     def dims(self) -> int:
         return len(self.lattice.shape)
-
-
-def parameter_rows(model: type[BaseModel] | None = None, prefix: str = "",
-                   instance: BaseModel | None = None) -> list[dict[str, str]]:
-    """Flatten the parameter definitions into rows of name, meaning, unit, default, range, source.
-
-    The default model is the trial scenario, which holds every section (a
-    region scenario uses the sections before ``trial``).
-    """
-    rows: list[dict[str, str]] = []
-    if model is None:
-        from cikabm.trial_params import TrialScenario
-
-        model = TrialScenario
-    if instance is None:
-        instance = model()
-    for name, field in type(instance).model_fields.items():
-        value = getattr(instance, name)
-        path = f"{prefix}{name}"
-        if isinstance(value, BaseModel):
-            rows.extend(parameter_rows(type(value), path + ".", value))
-            continue
-        item_types = [t for t in get_args(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
-        if item_types:  # a list of tables, e.g. dosing.phases
-            rows.append({"name": path, "meaning": field.description or "", "unit": "-",
-                         "default": _fmt_default(value), "range": "", "source": ""})
-            rows.extend(parameter_rows(item_types[0], path + "[].", item_types[0]()))
-            continue
-        extra = field.json_schema_extra or {}
-        lo = hi = ""
-        for m in field.metadata:
-            for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-                bound = getattr(m, attr, None)
-                if bound is not None:
-                    text = f"{sym} {bound}" if isinstance(bound, int) else f"{sym} {bound:g}"
-                    if attr in ("ge", "gt"):
-                        lo = text
-                    else:
-                        hi = text
-        rows.append({
-            "name": path,
-            "meaning": field.description or "",
-            "unit": str(extra.get("unit", "")),
-            "default": _fmt_default(value),
-            "range": ", ".join(x for x in (lo, hi) if x),
-            "source": KIND_SOURCES.get(path, str(extra.get("source", ""))),
-        })
-    return rows
-
-
-def _fmt_default(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt_default(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
-
-
-def parameter_reference() -> str:
-    """The parameter reference as a Markdown table, generated from the definitions."""
-    lines = [
-        "# Parameter reference",
-        "",
-        "Generated by `cikabm params` from `cikabm/params.py` and `cikabm/trial_params.py`; do not edit by "
-        "hand. A region scenario (`cikabm run`) uses the sections from `scenario` to `homing`; a trial "
-        "scenario (`cikabm trial`, which needs a `[trial]` table) adds `trial`, `arms`, `cohort`, "
-        "`adjuvant`, `advanced` and `outcomes`, and its arms replace `dosing`.",
-        "",
-        markdown_table(parameter_rows()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-#: The columns of a parameter table, in order.
-TABLE_COLUMNS = ("name", "meaning", "unit", "default", "range", "source")
-
-
-def markdown_table(rows: list[dict[str, str]], *, code_names: bool = False,
-                   columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
-    """Rows as a Markdown table: the one formatter of docs/parameters.md, docs/model.md and the
-    validation report.
-
-    ``columns`` are the keys shown, in order (default: the parameter columns, first ``name``);
-    ``code_names`` sets the first column in backticks. No final newline.
-    """
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        first = str(r[columns[0]])
-        cells = [f"`{first}`" if code_names else first, *(str(r[c]) for c in columns[1:])]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    return "\n".join(lines)

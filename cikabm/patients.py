@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from cikabm.lesions import LESION_PURPOSE, micrometastasis_mean
-from cikabm.params import Scenario
+from cikabm.params import DosingParams, HomingParams, Scenario, TumourParams, upper_bound
 from cikabm.trial_params import (
     DAYS_PER_MONTH,
     DOUBLING_TIME_RANGE_DAYS,
@@ -114,31 +115,48 @@ def lesion_rng(seed: int, patient_id: int) -> np.random.Generator:
 
 def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *,
                    initial_cells: int, duration_days: float, record_every_hours: float) -> Scenario:
-    """The region scenario of one patient in one arm.
+    """The region scenario of one patient in one arm, validated like any scenario.
 
     The patient's net growth rate sets the division rate (death rate kept),
     its ligand density and MHC-loss probability replace the defaults, homing
     and product yield scale the CIK supply, and a failed manufacture means no
-    infusion at all (the patient stays in the arm: intention to treat).
+    infusion at all (the patient stays in the arm: intention to treat). A
+    schedule that starts after the patient's follow-up ends gives no infusion,
+    as ``none`` does, and records are at most the run apart.
+
+    Raises
+    ------
+    ScenarioError
+        If the patient's region is not a valid scenario (the patient, the arm
+        and each field named).
     """
-    tumour = ts.tumour.model_copy(update={
-        "division_rate_per_day": ts.tumour.death_rate_per_day + patient.net_growth_per_day,
+    from cikabm.scenario import ScenarioError, format_validation_error
+
+    # Derived rates and doses are clipped to the region's bounds, as the draws are to theirs: far in the
+    # tails only at the widest spreads a trial file may set.
+    tumour = ts.tumour.model_dump() | {
+        "division_rate_per_day": min(ts.tumour.death_rate_per_day + patient.net_growth_per_day,
+                                     upper_bound(TumourParams, "division_rate_per_day")),
         "ligand_mean": patient.ligand_mean,
         "mhc_loss_per_division": patient.mhc_loss_per_division,
         "initial_cells": initial_cells,
-    })
-    homing = ts.homing.model_copy(update={
-        "cik_per_site_per_day": ts.homing.cik_per_site_per_day * patient.homing_scale})
-    dosing_fields = {k: getattr(arm, k) for k in ("schedule", "phases", "start_day", "dose_cells")}
-    dosing_fields["dose_cells"] = arm.dose_cells * patient.product_yield
-    if patient.manufacturing_failed:
-        dosing_fields.update(schedule="none", phases=[])
-    dosing = ts.dosing.model_copy(update=dosing_fields)
-    time = ts.time.model_copy(update={"duration_days": duration_days,
-                                      "record_every_hours": record_every_hours})
-    fields = {name: getattr(ts, name) for name in Scenario.model_fields}
+    }
+    homing = ts.homing.model_dump() | {
+        "cik_per_site_per_day": min(ts.homing.cik_per_site_per_day * patient.homing_scale,
+                                    upper_bound(HomingParams, "cik_per_site_per_day"))}
+    dosing = {k: getattr(arm, k) for k in DosingParams.model_fields}
+    dosing["dose_cells"] = min(arm.dose_cells * patient.product_yield, upper_bound(DosingParams, "dose_cells"))
+    if patient.manufacturing_failed or dosing["start_day"] >= duration_days:
+        dosing.update(schedule="none", phases=[])
+    time = ts.time.model_dump() | {"duration_days": duration_days,
+                                   "record_every_hours": min(record_every_hours, duration_days * 24.0)}
+    fields = {name: getattr(ts, name).model_dump() for name in Scenario.model_fields}
     fields.update(tumour=tumour, homing=homing, dosing=dosing, time=time)
-    return Scenario.model_construct(**fields)
+    try:
+        return Scenario.model_validate(fields)
+    except ValidationError as err:
+        raise ScenarioError(f"patient {patient.patient_id} in arm {arm.name!r}",
+                            format_validation_error(err)) from None
 
 
 def infusions_before(region: Scenario, day: float) -> int:

@@ -206,6 +206,14 @@ class TrialScenario(Scenario):
                                             description="Published results to compare with (validation).")
 
     @model_validator(mode="after")
+    def _no_key_the_trial_replaces(self) -> TrialScenario:
+        replaced = [f"{key} ({why})" for key, why in trial_replaced_keys(self.trial.setting) if _is_set(self, key)]
+        if replaced:
+            raise ValueError("a trial sets these per patient, so the file may not: " + "; ".join(replaced)
+                             + " (docs/parameters.md)")
+        return self
+
+    @model_validator(mode="after")
     def _arms_make_sense(self) -> TrialScenario:
         if self.outcomes.lethal_cells <= self.adjuvant.detection_cells:
             raise ValueError(f"outcomes.lethal_cells = {self.outcomes.lethal_cells:g} must be above "
@@ -227,9 +235,43 @@ class TrialScenario(Scenario):
                                  f"follow-up ({horizon:g} days)")
         return self
 
+    def _cells_placed_at_start(self) -> tuple[str, int]:
+        # An adjuvant lesion stays on the lattice below the hand-off size; an advanced sample starts at
+        # tumour.initial_cells.
+        if self.trial.setting == "adjuvant":
+            return "adjuvant.handoff_cells", self.adjuvant.handoff_cells
+        return super()._cells_placed_at_start()
+
     @property
     def horizon_days(self) -> float:
         return self.trial.follow_up_months * DAYS_PER_MONTH
+
+
+def trial_replaced_keys(setting: str) -> tuple[tuple[str, str], ...]:
+    """Region keys a trial sets for each patient, with what sets them: the one list of them.
+
+    A trial file setting one is refused (it would be silently replaced).
+    ``tumour.initial_cells`` is replaced in the adjuvant setting only (in the
+    advanced setting it is the sample region's start).
+    """
+    keys = [
+        ("[dosing]", "each arm gives its dosing: set it in [[arms]]"),
+        ("time.duration_days", "each patient runs to the end of follow-up: set trial.follow_up_months"),
+        ("time.record_every_hours", "set by adjuvant.check_every_days or, advanced, daily"),
+        ("tumour.division_rate_per_day", "tumour.death_rate_per_day + ln 2 / the patient's doubling time: "
+         "set cohort.doubling_time_median_days"),
+    ]
+    if setting == "adjuvant":
+        keys.append(("tumour.initial_cells", "each lesion starts from adjuvant.focus_initial_cells or its "
+                     "micrometastasis size"))
+    return tuple(keys)
+
+
+def _is_set(ts: Scenario, key: str) -> bool:
+    """Whether the file set ``key`` (``[table]``: any of its keys), from pydantic's ``model_fields_set``."""
+    section, _, field = key.strip("[]").partition(".")
+    table = getattr(ts, section)
+    return field in table.model_fields_set if field else bool(table.model_fields_set)
 
 
 #: Days per month (365.25 / 12), used for every months <-> days conversion.

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from cikabm.io import atomic_write_json, to_jsonable, writes_into_out
-from cikabm.params import markdown_table
+from cikabm.modeldoc import markdown_table
 from cikabm.replicates import ReplicateRun, distribution, run_replicates
 from cikabm.trial_params import PublishedValue, TrialScenario
 

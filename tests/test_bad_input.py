@@ -77,3 +77,75 @@ def test_calibrate_refuses_a_target_that_is_not_a_number_in_range(tmp_path, caps
     err = capsys.readouterr().err
     assert f"argument {option}: invalid value {value!r}" in err and "Traceback" not in err
     assert not (tmp_path / "log.json").exists()
+
+
+# --------------------------------------------------------------------------- keys a trial replaces
+
+_TRIAL = '[trial]\npatients = 2\n'
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[dosing]\nschedule = \"lee2015\"\n", "[dosing]"),
+    ("[time]\nduration_days = 30.0\n", "time.duration_days"),
+    ("[time]\nrecord_every_hours = 24.0\n", "time.record_every_hours"),
+    ("[tumour]\ndivision_rate_per_day = 0.4\n", "tumour.division_rate_per_day"),
+    ("[tumour]\ninitial_cells = 50\n", "tumour.initial_cells"),
+])
+def test_a_trial_file_setting_a_key_the_trial_replaces_is_refused(tmp_path, capsys, text, key):
+    rc, err = _validate(tmp_path, capsys, _TRIAL + text)
+    assert rc == 2 and key in err and "per patient" in err
+
+
+def test_keys_a_trial_uses_are_accepted(tmp_path, capsys):
+    """time.dt_minutes, the tumour's death rate and, in the advanced setting, its initial cells."""
+    text = (_TRIAL.replace("patients = 2", "patients = 2\nsetting = \"advanced\"")
+            + "[time]\ndt_minutes = 20.0\n[tumour]\ndeath_rate_per_day = 0.02\ninitial_cells = 50\n")
+    rc, err = _validate(tmp_path, capsys, text)
+    assert rc == 0, err
+
+
+def test_an_adjuvant_lattice_too_small_for_the_hand_off_is_refused(tmp_path, capsys):
+    rc, err = _validate(tmp_path, capsys, _TRIAL + "[lattice]\nshape = [10, 10]\n")
+    assert rc == 2 and "adjuvant.handoff_cells = 150 exceeds the 100 lattice sites" in err
+
+
+def test_a_patient_region_is_a_validated_scenario():
+    """Every patient's region passes the region checks (it was built unvalidated): the widest spreads
+    at the largest homing rate and dose stay within the region's bounds, and a patient whose follow-up
+    ends before the arm's first infusion gets none."""
+    from cikabm.params import DosingParams, HomingParams, Scenario, upper_bound
+    from cikabm.patients import patient_region
+
+    ts = scenario_from_dict({"trial": {"patients": 50, "accrual_months": 59.0},
+                             "cohort": {"homing_sd_log": 3.0, "product_yield_sd_log": 3.0},
+                             "homing": {"cik_per_site_per_day": 1e-6},
+                             "arms": [{"name": "control"},
+                                      {"name": "cik", "schedule": "lee2015", "start_day": 900.0,
+                                       "dose_cells": 1e13}]},
+                            model=TrialScenario)
+    late = 0
+    for i in range(50):
+        patient = draw_patient(ts, i)
+        end = patient.censor_months * 30.4375
+        region = patient_region(ts, patient, ts.arms[1], initial_cells=8, duration_days=end,
+                                record_every_hours=24.0 * 90)
+        again = Scenario.model_validate(region.model_dump())
+        assert again == region
+        assert region.homing.cik_per_site_per_day <= upper_bound(HomingParams, "cik_per_site_per_day")
+        assert region.dosing.dose_cells <= upper_bound(DosingParams, "dose_cells")
+        assert region.time.record_every_hours <= end * 24.0
+        if end <= 900.0:
+            late += 1
+            assert region.dosing.schedule == "none"
+    assert late > 0  # the case was reached
+
+
+def test_an_invalid_patient_region_names_the_patient_and_the_field():
+    from cikabm.patients import patient_region
+    from cikabm.scenario import ScenarioError
+
+    ts = scenario_from_dict({"trial": {"patients": 1}}, model=TrialScenario)
+    with pytest.raises(ScenarioError, match=r"(?s)patient 0 in arm 'cik'.*tumour.initial_cells = 1000000000 "
+                       r"exceeds the 40000 lattice sites"):
+        patient_region(ts, draw_patient(ts, 0), ts.arms[1], initial_cells=10**9, duration_days=10.0,
+                       record_every_hours=24.0)

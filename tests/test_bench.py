@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from cikabm import bench
+from cikabm.bench import suite
 from cikabm.cli import main
 from cikabm.kernels.core import PASS_NAMES
 
@@ -106,7 +107,7 @@ def test_busy_machine_case_is_recorded(quick_run: dict[str, Any]):
 def test_the_busy_loop_pins_itself_to_its_cpu_and_ends():
     import time
 
-    from cikabm.bench_busy import busy_loop
+    from cikabm.bench.busy import busy_loop
 
     cpu = min(os.sched_getaffinity(0))
     proc = busy_loop(cpu)
@@ -239,7 +240,7 @@ def test_simulation_time_by_pass():
 
 
 def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(bench, "mesa_available", lambda: False)
+    monkeypatch.setattr(suite, "mesa_available", lambda: False)
     out = tmp_path / "run"
     rc, stdout, stderr = run_cli(["bench", "--quick", "--configs", "2d_64", "--threads", "1", "--out", str(out)])
     assert rc == 0, stderr
@@ -253,14 +254,14 @@ def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monk
 
 @pytest.mark.skipif(not HAVE_MESA, reason="Mesa (extra 'teach') is not installed")
 def test_a_failing_mesa_comparison_keeps_the_kernel_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    real = bench._run_worker
+    real = suite._run_worker
 
     def mesa_fails(spec: dict[str, Any], env: dict[str, str], emit: Any) -> dict[str, Any]:
         if spec["task"] == "mesa":
             raise bench.BenchError("benchmark worker for 2d_64 failed (exit status 1):\n  ImportError: mesa")
         return real(spec, env, emit)
 
-    monkeypatch.setattr(bench, "_run_worker", mesa_fails)
+    monkeypatch.setattr(suite, "_run_worker", mesa_fails)
     out = tmp_path / "run"
     rc, stdout, _ = run_cli(["bench", "--quick", "--configs", "2d_64", "--threads", "1", "--out", str(out)])
     assert rc == 0
@@ -304,7 +305,7 @@ def test_a_failed_worker_exits_1_and_writes_nothing(tmp_path: Path, monkeypatch:
     def fail(spec: dict[str, Any], env: dict[str, str], emit: Any) -> dict[str, Any]:
         raise bench.BenchError("benchmark worker for 2d_64 failed (exit status 1):\n  MemoryError")
 
-    monkeypatch.setattr(bench, "_run_worker", fail)
+    monkeypatch.setattr(suite, "_run_worker", fail)
     out = tmp_path / "run"
     rc, _, stderr = run_cli(["bench", "--quick", "--configs", "2d_64", "--out", str(out)])
     assert rc == 1

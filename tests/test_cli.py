@@ -15,7 +15,8 @@ import pytest
 
 from cikabm import __version__
 from cikabm.cli import OUTPUT_FILES, main
-from cikabm.params import KIND_KEYS, parameter_rows
+from cikabm.modeldoc import parameter_rows
+from cikabm.params import KIND_KEYS
 
 TINY = """\
 [scenario]
@@ -334,7 +335,7 @@ def test_params_lists_every_field(fmt: str, capsys: pytest.CaptureFixture[str]):
 
 
 def test_params_markdown_is_the_reference(capsys: pytest.CaptureFixture[str]):
-    from cikabm.params import parameter_reference
+    from cikabm.modeldoc import parameter_reference
 
     assert main(["params"]) == 0
     assert capsys.readouterr().out == parameter_reference()

@@ -140,8 +140,9 @@ WELL_MIXED = dict(
 )
 
 
-def _trial_of(region_sections: dict) -> TrialScenario:
-    return scenario_from_dict({**region_sections, "trial": {"patients": 1}}, model=TrialScenario)
+def _trial() -> TrialScenario:
+    """A trial of defaults: the compartment takes its adjuvant settings, the region its rates."""
+    return scenario_from_dict({"trial": {"patients": 1}}, model=TrialScenario)
 
 
 def test_lattice_and_compartment_agree_on_kills_in_the_well_mixed_limit():
@@ -156,8 +157,7 @@ def test_lattice_and_compartment_agree_on_kills_in_the_well_mixed_limit():
         sim = Simulation(sc, seed=seed, threads=1)
         inject_effectors(sim, core.KIND_TNK, 30, granules=255)
         lattice.append(sim.run(progress=False, n_snapshots=0).to_frame()["kills_total"].iloc[-1])
-    ts = _trial_of(WELL_MIXED)
-    inputs = compartment_inputs(ts, ts, horizon_days=1.0, stop_cells=1e12)
+    inputs = compartment_inputs(_trial(), sc, horizon_days=1.0, stop_cells=1e12)
     compart = []
     for i in range(400):
         tumour, effectors, kills = np.array([150.0, 0.0]), np.array([30.0, 0, 0, 0]), np.zeros((4, 2))
@@ -184,8 +184,7 @@ def test_lattice_and_compartment_agree_on_uncrowded_growth():
     sc = make_scenario(**growth)
     lattice = np.array([Simulation(sc, seed=s, threads=1).run(progress=False, n_snapshots=0)
                         .to_frame()["tumour_total"].iloc[-1] for s in range(16)], float)
-    ts = _trial_of(growth)
-    inputs = compartment_inputs(ts, ts, horizon_days=3.0, stop_cells=1e12)
+    inputs = compartment_inputs(_trial(), sc, horizon_days=3.0, stop_cells=1e12)
     compart = []
     for i in range(400):
         out = np.zeros(4)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cikabm.params import parameter_reference, parameter_rows
+from cikabm.modeldoc import parameter_reference, parameter_rows
 from cikabm.trial_params import TrialScenario
 
 ROOT = Path(__file__).resolve().parents[1]

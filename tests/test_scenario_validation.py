@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from cikabm.params import Scenario, parameter_rows
+from cikabm.modeldoc import parameter_rows
+from cikabm.params import Scenario
 from cikabm.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

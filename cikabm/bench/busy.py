@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cikabm.bench_config import BenchConfig
+from cikabm.bench.config import BenchConfig
 
 __all__ = ["BUSY_LIMIT", "busy_loop", "run_busy_case"]
 
@@ -57,7 +57,7 @@ def run_busy_case(config: BenchConfig, *, repeats: int, quick: bool,
     quick : bool
         Use the configuration's quick window.
     run_worker, worker_env : callable
-        The suite's worker runner and environment (:mod:`cikabm.bench`).
+        The suite's worker runner and environment (:mod:`cikabm.bench.suite`).
     active_wait : bool
         Also time the default count once with ``OMP_WAIT_POLICY=active``.
     emit : callable

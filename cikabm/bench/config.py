@@ -163,7 +163,7 @@ FULL_SET = ("2d_256", "2d_1024", "2d_4096", "3d_128", "weak_2d_1024")
 #: Configurations of ``--quick`` (about a minute on 2 cores).
 QUICK_SET = ("2d_256", "2d_1024", "3d_64", "weak_2d_512")
 
-#: The configuration of the busy-machine case (:mod:`cikabm.bench_busy`) when the run includes it
+#: The configuration of the busy-machine case (:mod:`cikabm.bench.busy`) when the run includes it
 #: (otherwise the run's first strong-scaling configuration).
 BUSY_CONFIG = "2d_1024"
 

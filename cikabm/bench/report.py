@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cikabm.bench_config import (
+from cikabm.bench.config import (
     MESA_RATIO_TARGET,
     _shape_text,
 )

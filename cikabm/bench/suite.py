@@ -1,20 +1,19 @@
-"""The benchmark suite: kernel throughput, memory, strong and weak scaling, and Mesa.
+"""The driver of the benchmark suite: kernel throughput, memory, strong and weak scaling, and Mesa.
 
 ``cikabm bench`` and ``python benchmarks/run_suite.py`` both run
-:func:`run_suite`; this module is the whole suite as a library (its parts:
-:mod:`cikabm.bench_config`, the configurations; :mod:`cikabm.bench_worker`, what
-a worker process measures; :mod:`cikabm.bench_report`, the summary, report and
-plots; every public name is importable from here).
+:func:`run_suite`, which starts the worker processes (:mod:`cikabm.bench.worker`)
+and merges what they measure into the report (the parts of the suite and its
+public names: :mod:`cikabm.bench`).
 
 What is measured
 ----------------
 Every configuration (:data:`CONFIGS`, plain data) is a square or cubic lattice
-with default rules: a tumour ball filling :data:`TUMOUR_FILL` of the sites,
+with default rules: a tumour ball filling :data:`~cikabm.bench.config.TUMOUR_FILL` of the sites,
 endogenous CTL influx and CIK infusions on the Lee 2015 schedule from day 0.5.
 Each configuration and thread count ``n`` runs in a fresh worker process
 (``python -m cikabm.bench``) whose Numba thread pool is exactly ``n`` threads
 (``NUMBA_NUM_THREADS``) and which is pinned to ``n`` CPUs (all of them when
-``n`` is more than there are cores; :func:`pin_cpus`). Both matter on a small
+``n`` is more than there are cores; :func:`~cikabm.bench.worker.pin_cpus`). Both matter on a small
 machine: with a pool larger than the threads used, or a process left to
 migrate between CPUs, the same single-thread run was markedly slower in some
 processes than in others. The worker times separately:
@@ -33,7 +32,7 @@ processes than in others. The worker times separately:
 
 Strong-scaling configurations keep their size for every thread count; the
 final state of every run (lattice, effectors, field, records, tallies) is
-hashed (:func:`state_digest`) and all digests must be equal. Weak-scaling
+hashed (:func:`~cikabm.bench.worker.state_digest`) and all digests must be equal. Weak-scaling
 configurations grow the last lattice axis with the thread count.
 
 Definitions (also written into ``bench.json``) are in :data:`DEFINITIONS`.
@@ -63,9 +62,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cikabm.bench_busy import run_busy_case
-from cikabm.bench_config import (
-    BENCH_FILES,
+from cikabm.bench.busy import run_busy_case
+from cikabm.bench.config import (
     BUSY_CONFIG,
     CONFIGS,
     DEFAULT_REPEATS,
@@ -78,62 +76,23 @@ from cikabm.bench_config import (
     SCHEMA_VERSION,
     BenchConfig,
     BenchError,
-    bench_scenario,
     default_threads,
 )
-from cikabm.bench_report import (
-    load_reports,
-    markdown_report,
-    save_plots,
-    summary_text,
-    write_report,
-)
-from cikabm.bench_worker import (
+from cikabm.bench.worker import (
     _merge_mesa,
     _pooled,
     _split,
     _stats,
-    _worker_main,
-    cpu_model,
     default_machine_name,
     machine_info,
-    memory_footprint,
-    numba_threads,
-    pin_cpus,
-    run_config,
-    run_mesa,
-    state_digest,
 )
 
 __all__ = [
-    "BENCH_FILES",
-    "CONFIGS",
-    "DEFINITIONS",
-    "FULL_SET",
-    "QUICK_SET",
-    "BenchConfig",
-    "BenchError",
-    "bench_scenario",
-    "cpu_model",
-    "default_machine_name",
-    "default_threads",
-    "load_reports",
-    "machine_info",
-    "markdown_report",
-    "memory_footprint",
     "mesa_available",
-    "numba_threads",
     "parse_configs",
     "parse_threads",
-    "pin_cpus",
     "round_sizes",
-    "run_config",
-    "run_mesa",
     "run_suite",
-    "save_plots",
-    "state_digest",
-    "summary_text",
-    "write_report",
 ]
 
 # --------------------------------------------------------------------------- orchestration (parent side)
@@ -214,7 +173,7 @@ def _merge_workers(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _worker_env(threads: int, cache_dir: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["NUMBA_NUM_THREADS"] = str(max(1, threads))
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = cache_dir
@@ -387,7 +346,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     command : str, optional
         The command line, recorded in the report.
     busy : bool, default True
-        Also run the busy-machine case (:mod:`cikabm.bench_busy`) on
+        Also run the busy-machine case (:mod:`cikabm.bench.busy`) on
         :data:`BUSY_CONFIG` or the first strong-scaling configuration.
     progress : callable, optional
         Receives one line of text per step of progress.
@@ -563,7 +522,3 @@ def parse_configs(text: str) -> list[str]:
         if name not in CONFIGS:
             raise ValueError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
     return list(dict.fromkeys(names))
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """The worker side of ``cikabm bench``: the machine, and what one pinned worker process measures.
 
-A worker is ``python -m cikabm.bench SPEC.json RESULT.json``, started by :mod:`cikabm.bench`; the
+A worker is ``python -m cikabm.bench SPEC.json RESULT.json``, started by :mod:`cikabm.bench.suite`; the
 merges of several workers' timings run in the parent.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cikabm.bench_config import (
+from cikabm.bench.config import (
     SCRATCH_EFFECTOR_FIELDS,
     BenchConfig,
     _shape_text,
