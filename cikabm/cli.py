@@ -518,14 +518,14 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def _schedule_names() -> tuple[str, ...]:
-    from cikabm.compare import SCHEDULE_NAMES
+    from cikabm.schedules import SCHEDULE_NAMES
 
     return SCHEDULE_NAMES
 
 
 def _schedule_list(text: str) -> list[str]:
     """``--schedules A,B,C``: every item checked now, so a bad name is a usage error (exit 2)."""
-    from cikabm.compare import parse_schedule_spec
+    from cikabm.schedules import parse_schedule_spec
 
     items = [item.strip() for item in text.split(",")]
     if not any(items):

@@ -77,12 +77,11 @@ def mhc_peak_text(peak: dict[str, Any] | None) -> str:
 
 def run_summary_text(results: Any, out: Path | None = None) -> str:
     """A short human-readable summary of a run (what ``cikabm run`` prints)."""
-    from cikabm.convert import scheduled_infusions
     from cikabm.params import KIND_KEYS, KIND_LABELS
-    from cikabm.schedules import infusion_count_text
+    from cikabm.schedules import dosing_days, infusion_count_text
 
     s = results.summary()
-    infusions = infusion_count_text(len(s["infusion_days"]), len(scheduled_infusions(results.scenario)),
+    infusions = infusion_count_text(len(s["infusion_days"]), len(dosing_days(results.scenario.dosing)),
                                     f"the {s['duration_days']:g} days")
     lines = [f"{s['scenario']} (seed {s['seed']}): {s['duration_days']:g} days, {infusions}, "
              f"{s['performance']['wall_seconds']:.1f} s"]

@@ -11,15 +11,9 @@ arm, the median RFS (adjuvant) or PFS (advanced) with its 95 % CI, the hazard
 ratio against the reference arm with its CI, the log-rank p and the infusions
 received, and the treatment effect in subgroups.
 
-Schedule specs (:func:`parse_schedule_spec`)::
-
-    NAME[*DOSE][xCYCLES]
-
-``NAME`` is one of :data:`SCHEDULE_NAMES` (``none``: no CIK), ``*DOSE``
-multiplies the cells per infusion (``lee2015*0.5``: half dose) and ``xCYCLES``
-repeats the whole schedule (``choi2018x2``: the Choi 2018 schedule twice; each
-repeat starts one first-phase interval after the last infusion of the one
-before).
+Schedule specs ``NAME[*DOSE][xCYCLES]`` (``lee2015*0.5``: half dose;
+``choi2018x2``: the Choi 2018 schedule twice) are those of
+:func:`cikabm.schedules.parse_schedule_spec`.
 
 The statistics are those of :mod:`cikabm.survival` (lifelines). Each arm is
 analysed as its own cohort; with common random numbers the arms are positively
@@ -30,7 +24,6 @@ design.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +35,15 @@ import pandas as pd
 from cikabm.io import writes_into_out
 from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
-from cikabm.schedules import PRESET_SCHEDULES, blood_level, dosing_phases, infusion_days
+from cikabm.schedules import (
+    DEFAULT_DOSE_CELLS,
+    SCHEDULE_NAMES,
+    blood_level,
+    dosing_days,
+    parse_schedule_spec,
+    repeated_phases,
+    spec_name,
+)
 from cikabm.trial import TRIAL_OUTPUTS
 from cikabm.trial_params import ArmParams, TrialScenario
 
@@ -53,15 +54,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INFUSION_GROUP_EDGES",
-    "SCHEDULE_NAMES",
     "Comparison",
     "add_infusion_groups",
-    "arm_infusion_days",
     "comparison_endpoint",
     "comparison_scenario",
     "comparison_subgroups",
     "comparison_table",
-    "parse_schedule_spec",
     "plot_blood_levels",
     "plot_comparison",
     "plot_forest",
@@ -74,14 +72,8 @@ __all__ = [
 
 #: What ``cikabm compare`` writes into its output folder: a trial's files and the comparison's.
 COMPARISON_OUTPUTS = (*TRIAL_OUTPUTS, "comparison.csv", "subgroups.csv", "comparison.png")
-#: Schedule names a comparison arm can be built from.
-SCHEDULE_NAMES: tuple[str, ...] = (*PRESET_SCHEDULES, "none")
 #: Upper ends of the "infusions received" groups: 0, 1-8, 9-16, then 17+.
 INFUSION_GROUP_EDGES: tuple[int, ...] = (0, 8, 16)
-
-_SPEC = re.compile(r"^(?P<name>" + "|".join(re.escape(n) for n in SCHEDULE_NAMES) + r")"
-                   r"(?:\*(?P<dose>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?"
-                   r"(?:x(?P<cycles>[0-9]+))?$")
 
 #: Columns of :func:`comparison_table`, in order.
 TABLE_COLUMNS = ("arm", "schedule", "dose_cells", "planned_infusions", "is_reference", "endpoint", "n",
@@ -92,67 +84,14 @@ TABLE_COLUMNS = ("arm", "schedule", "dose_cells", "planned_infusions", "is_refer
 
 # --------------------------------------------------------------------------- building the arms
 
-def parse_schedule_spec(spec: str) -> tuple[str, float, int]:
-    """Split a schedule spec ``NAME[*DOSE][xCYCLES]`` into its parts.
-
-    Parameters
-    ----------
-    spec : str
-        E.g. ``"lee2015"``, ``"lee2015*0.5"``, ``"choi2018x2"``, ``"none"``.
-
-    Returns
-    -------
-    tuple of (str, float, int)
-        Schedule name, dose multiplier and number of cycles.
-
-    Raises
-    ------
-    ValueError
-        Naming the spec, when the name is not one of :data:`SCHEDULE_NAMES`,
-        the multiplier is not positive, the number of cycles is below 1, or
-        ``none`` is given a dose or cycles.
-
-    Examples
-    --------
-    >>> parse_schedule_spec("lee2015*0.5x2")
-    ('lee2015', 0.5, 2)
-    """
-    text = str(spec).strip()
-    match = _SPEC.match(text)
-    if match is None:
-        raise ValueError(f"schedule {spec!r} is not NAME[*DOSE][xCYCLES] with NAME one of "
-                         + ", ".join(SCHEDULE_NAMES))
-    name = match["name"]
-    dose = float(match["dose"]) if match["dose"] else 1.0
-    cycles = int(match["cycles"]) if match["cycles"] else 1
-    if not dose > 0:
-        raise ValueError(f"schedule {spec!r}: the dose multiplier must be positive")
-    if not 1 <= cycles <= 100:
-        raise ValueError(f"schedule {spec!r}: the number of cycles must be between 1 and 100")
-    if name == "none" and (match["dose"] or match["cycles"]):
-        raise ValueError(f"schedule {spec!r}: 'none' (no CIK) takes no dose multiplier or cycles")
-    return name, dose, cycles
-
-
-def _spec_name(schedule: str, dose_multiplier: float, cycles: int) -> str:
-    if schedule == "none":
-        return "control"
-    name = schedule
-    if dose_multiplier != 1.0:
-        name += f"*{dose_multiplier:g}"
-    if cycles != 1:
-        name += f"x{cycles}"
-    return name
-
-
 def schedule_arm(schedule: str, *, dose_multiplier: float = 1.0, cycles: int = 1, name: str | None = None,
-                 start_day: float = 0.0, dose_cells: float = 6.4e9) -> ArmParams:
+                 start_day: float = 0.0, dose_cells: float = DEFAULT_DOSE_CELLS) -> ArmParams:
     """One arm from a preset schedule.
 
     Parameters
     ----------
     schedule : str
-        One of :data:`SCHEDULE_NAMES`.
+        One of :data:`~cikabm.schedules.SCHEDULE_NAMES`.
     dose_multiplier : float, default 1.0
         Multiplies ``dose_cells``.
     cycles : int, default 1
@@ -163,7 +102,7 @@ def schedule_arm(schedule: str, *, dose_multiplier: float = 1.0, cycles: int = 1
         ``"lee2015*0.5"``.
     start_day : float, default 0.0
         Day of the first infusion.
-    dose_cells : float, default 6.4e9
+    dose_cells : float, default :data:`~cikabm.schedules.DEFAULT_DOSE_CELLS`
         Cells per infusion before the multiplier.
 
     Returns
@@ -172,7 +111,7 @@ def schedule_arm(schedule: str, *, dose_multiplier: float = 1.0, cycles: int = 1
     """
     if schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule {schedule!r} is not one of " + ", ".join(SCHEDULE_NAMES))
-    arm_name = _spec_name(schedule, dose_multiplier, cycles) if name is None else name
+    arm_name = spec_name(schedule, dose_multiplier, cycles) if name is None else name
     if schedule == "none":
         return ArmParams(name=arm_name, schedule="none", start_day=float(start_day), dose_cells=float(dose_cells))
     fields: dict[str, Any] = {"name": arm_name, "start_day": float(start_day),
@@ -180,8 +119,7 @@ def schedule_arm(schedule: str, *, dose_multiplier: float = 1.0, cycles: int = 1
     if cycles == 1:
         fields["schedule"] = schedule
     else:
-        phases = [Phase(count=int(c), interval_days=float(i)) for _ in range(cycles)
-                  for c, i in PRESET_SCHEDULES[schedule]]
+        phases = [Phase(count=int(c), interval_days=float(i)) for c, i in repeated_phases(schedule, cycles)]
         fields.update(schedule="custom", phases=phases)
     return ArmParams(**fields)
 
@@ -193,7 +131,7 @@ def _template(ts: TrialScenario | None) -> tuple[float, float]:
             if arm.schedule != "none":
                 return arm.start_day, arm.dose_cells
         return ts.dosing.start_day, ts.dosing.dose_cells
-    return 0.0, 6.4e9
+    return 0.0, DEFAULT_DOSE_CELLS
 
 
 def schedule_arms(specs: Sequence[str], ts: TrialScenario | None = None, *,
@@ -204,7 +142,7 @@ def schedule_arms(specs: Sequence[str], ts: TrialScenario | None = None, *,
     Parameters
     ----------
     specs : sequence of str
-        Schedule specs (``NAME[*DOSE][xCYCLES]``, see :func:`parse_schedule_spec`).
+        Schedule specs (``NAME[*DOSE][xCYCLES]``, see :func:`~cikabm.schedules.parse_schedule_spec`).
     ts : TrialScenario, optional
         Gives the default start day and cells per infusion: those of its first
         treated arm.
@@ -316,11 +254,6 @@ def comparison_scenario(ts: TrialScenario, schedules: Sequence[str] | Sequence[A
     return TrialScenario.model_validate(data, strict=False)
 
 
-def arm_infusion_days(arm: ArmParams) -> np.ndarray:
-    """Days of every planned infusion of an arm (empty for ``none``)."""
-    return infusion_days(dosing_phases(arm), arm.start_day)
-
-
 # --------------------------------------------------------------------------- tables
 
 def comparison_endpoint(patients: pd.DataFrame, setting: str | None = None) -> str:
@@ -388,7 +321,7 @@ def comparison_table(patients: pd.DataFrame, endpoint: str | None = None, *,
         rows.append({
             "arm": arm, "schedule": schedule,
             "dose_cells": None if params is None or params.schedule == "none" else params.dose_cells,
-            "planned_infusions": None if params is None else len(arm_infusion_days(params)),
+            "planned_infusions": None if params is None else len(dosing_days(params)),
             "is_reference": arm == ref, "endpoint": endpoint, "n": stats["n"], "events": stats["events"],
             "median_months": stats["median_months"], "median_ci_low": stats["ci_low"],
             "median_ci_high": stats["ci_high"], "hr": comp.get("hr"), "hr_ci_low": comp.get("hr_ci_low"),
@@ -771,14 +704,12 @@ def plot_blood_levels(ts: TrialScenario, arms: Sequence[ArmParams] | None = None
     colours = _colours([a.name for a in all_arms])  # same colours as the KM and comparison plots
     arms = [a for a in all_arms if a.schedule != "none"]
     ax = _new_axes(ax, (7.5, 4.0))
-    p = ts.persistence
-    doses = {a.name: arm_infusion_days(a) for a in arms}
+    doses = {a.name: dosing_days(a) for a in arms}
     last = max((float(d.max()) for d in doses.values() if d.size), default=0.0)
     t = np.linspace(0.0, last + 90.0 if days is None else float(days), 2000)
     scale = ts.homing.cik_per_site_per_day if per_homing else 1.0
     for arm in arms:
-        level = blood_level(t, doses[arm.name], arm.dose_cells, p.fast_fraction, p.fast_half_life_days,
-                            p.slow_half_life_days) * scale
+        level = blood_level(t, doses[arm.name], arm.dose_cells, ts.persistence) * scale
         auc = float(np.sum((level[1:] + level[:-1]) * np.diff(t)) / 2.0)
         unit = "" if per_homing else " cell·d"
         ax.plot(t / 7.0, level, color=colours.get(arm.name), lw=1.5,

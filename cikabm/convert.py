@@ -17,7 +17,7 @@ from cikabm.kernels.core import KernelParams, hazard_to_probability
 from cikabm.kernels.core import threshold as _threshold
 from cikabm.kernels.geometry import Geometry, make_geometry, n_sites
 from cikabm.params import KIND_KEYS, Scenario
-from cikabm.schedules import dosing_phases, infusion_days, mean_blood_over_steps
+from cikabm.schedules import dosing_days, mean_blood_over_steps
 
 #: Largest dimensionless diffusion number per field sub-step, as a fraction of
 #: the explicit scheme's stability limit ``1 / (2 d)``.
@@ -74,24 +74,12 @@ def motility_substeps(scenario: Scenario) -> int:
     return max(1, math.ceil(sites_per_step - 1e-12))
 
 
-def schedule_phases(scenario: Scenario) -> tuple[tuple[int, float], ...]:
-    """The ``(count, interval_days)`` phases of the scenario's schedule."""
-    return dosing_phases(scenario.dosing)
-
-
-def scheduled_infusions(scenario: Scenario) -> np.ndarray:
-    """Days of every infusion of the schedule (some may fall after the run)."""
-    return infusion_days(schedule_phases(scenario), scenario.dosing.start_day)
-
-
 def blood_per_step(scenario: Scenario, n_steps: int, dt_days: float, shift_days: float = 0.0) -> np.ndarray:
     """Mean blood CIK level over each of ``n_steps`` steps of ``dt_days``, the clock starting
     ``shift_days`` after day 0 (earlier doses still count)."""
-    doses = scheduled_infusions(scenario) - shift_days
+    doses = dosing_days(scenario.dosing) - shift_days
     doses = doses[doses < n_steps * dt_days]
-    p = scenario.persistence
-    return mean_blood_over_steps(n_steps, dt_days, doses, scenario.dosing.dose_cells, p.fast_fraction,
-                                 p.fast_half_life_days, p.slow_half_life_days)
+    return mean_blood_over_steps(n_steps, dt_days, doses, scenario.dosing.dose_cells, scenario.persistence)
 
 
 def cik_arrivals_per_step(scenario: Scenario, sites: float, n_steps: int, dt_days: float,
@@ -176,7 +164,7 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
         granules_initial=int(kill.granules_max),
     )
 
-    doses = scheduled_infusions(scenario)
+    doses = dosing_days(scenario.dosing)
     doses = doses[doses < n_steps * dt_d]
     sites = n_sites(geom)
     mean_cik = cik_arrivals_per_step(scenario, sites, n_steps, dt_d)

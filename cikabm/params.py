@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from cikabm.schedules import PRESET_SCHEDULES
+from cikabm.schedules import DEFAULT_DOSE_CELLS, DOSING_SCHEDULES, MAX_INFUSIONS, PRESET_SCHEDULES, phase_count
 
 KIND_KEYS = ("tnk", "tcell", "nk", "ctl")
 KIND_LABELS = {
@@ -302,7 +302,8 @@ class DosingParams(Section):
                           "), 'custom' to use `phases`, or 'none' for no CIK.")
     phases: list[Phase] = Field(default_factory=list, description="Phases (count x interval) when schedule = 'custom'.")
     start_day: float = param(0.0, "day", "Time of the first infusion.", ge=0)
-    dose_cells: float = param(6.4e9, "cells", "CIK cells per infusion.", "Lee 2015: 6.4e9", ge=0, le=1e13)
+    dose_cells: float = param(DEFAULT_DOSE_CELLS, "cells", "CIK cells per infusion.", "Lee 2015: 6.4e9", ge=0,
+                              le=1e13)
 
     @model_validator(mode="after")
     def _schedule_makes_sense(self) -> DosingParams:
@@ -314,8 +315,10 @@ class DosingParams(Section):
                 raise ValueError(f"phases are given but schedule = {self.schedule!r}; "
                                  "set schedule = 'custom' to use them")
         else:
-            raise ValueError(f"schedule = {self.schedule!r} is not one of "
-                             + ", ".join(["none", "custom", *sorted(PRESET_SCHEDULES)]))
+            raise ValueError(f"schedule = {self.schedule!r} is not one of " + ", ".join(DOSING_SCHEDULES))
+        total = phase_count([(p.count, p.interval_days) for p in self.phases])
+        if total > MAX_INFUSIONS:
+            raise ValueError(f"phases: {total} infusions in all, more than {MAX_INFUSIONS}")
         return self
 
 

@@ -161,9 +161,9 @@ def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *
 
 def infusions_before(region: Scenario, day: float) -> int:
     """Infusions a patient received before ``day`` (none after a failed manufacture)."""
-    from cikabm.convert import scheduled_infusions
+    from cikabm.schedules import dosing_days
 
-    return int(np.count_nonzero(scheduled_infusions(region) < day))
+    return int(np.count_nonzero(dosing_days(region.dosing) < day))
 
 
 DAYS = DAYS_PER_MONTH

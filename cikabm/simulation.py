@@ -426,9 +426,7 @@ class Simulation:
                         snapshots.append(self.snapshot())
             wall = time.perf_counter() - start
         blood = blood_level(d.record_days, d.infusion_days, self.scenario.dosing.dose_cells,
-                            self.scenario.persistence.fast_fraction,
-                            self.scenario.persistence.fast_half_life_days,
-                            self.scenario.persistence.slow_half_life_days)
+                            self.scenario.persistence)
         return Results(scenario=self.scenario, seed=self.seed, patient=self.patient,
                        record_days=d.record_days, records=self.records.copy(), blood=blood,
                        infusion_days=d.infusion_days, snapshots=snapshots, wall_seconds=wall,

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cikabm.params import DosingParams, Name, Scenario, Section, Text, param
-from cikabm.schedules import dosing_phases, infusion_count_text, infusion_days
+from cikabm.schedules import dosing_days, dosing_phases, infusion_count_text, phases_text
 
 
 class TrialInfo(Section):
@@ -296,8 +296,8 @@ def schedule_text(dosing: DosingParams, horizon_days: float, span: str) -> str:
         return "no CIK"
     name = dosing.schedule
     if name == "custom":
-        name = "custom (" + ", ".join(f"{c} x {i:g} d" for c, i in dosing_phases(dosing)) + ")"
-    days = infusion_days(dosing_phases(dosing), dosing.start_day)
+        name = f"custom ({phases_text(dosing_phases(dosing))})"
+    days = dosing_days(dosing)
     given = int((days < horizon_days).sum())
     return (f"schedule {name} from day {dosing.start_day:g}, {format_cells(dosing.dose_cells)} cells each: "
             f"{infusion_count_text(given, len(days), span)}")

@@ -44,13 +44,13 @@ import pandas as pd
 from IPython.display import Markdown
 
 from cikabm.compare import (
-    arm_infusion_days,
     plot_blood_levels,
     plot_comparison,
     plot_forest,
     run_comparison,
 )
 from cikabm.scenario import load_scenario
+from cikabm.schedules import dosing_days
 from cikabm.survival import plot_km
 from cikabm.trial_params import TrialScenario
 
@@ -59,10 +59,10 @@ ts = load_scenario(root / "scenarios" / "hcc_schedule_comparison.toml", model=Tr
 print(ts.scenario.description)
 treated = [a.schedule != "none" for a in ts.arms]
 pd.DataFrame([{"arm": a.name, "schedule": a.schedule, "cells per infusion": a.dose_cells if t else None,
-               "infusions": len(arm_infusion_days(a)),
-               "first infusion (day)": arm_infusion_days(a).min() if t else None,
-               "last infusion (week after day 0)": arm_infusion_days(a).max() / 7 if t else None,
-               "weeks from first to last infusion": np.ptp(arm_infusion_days(a)) / 7 if t else None}
+               "infusions": len(dosing_days(a)),
+               "first infusion (day)": dosing_days(a).min() if t else None,
+               "last infusion (week after day 0)": dosing_days(a).max() / 7 if t else None,
+               "weeks from first to last infusion": np.ptp(dosing_days(a)) / 7 if t else None}
               for a, t in zip(ts.arms, treated, strict=True)])"""),
     ("md", """\
 ## What the schedules put in the blood

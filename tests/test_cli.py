@@ -137,14 +137,14 @@ def test_validate_and_run_count_the_teaching_infusions_alike():
     """The teaching scenario's 90 days hold the 6 weekly doses only (the 2-weekly phase would start on
     day 91): validate says so with the function the run summary uses."""
     from cikabm.cli_text import validate_text
-    from cikabm.convert import kernel_parameters, scheduled_infusions
+    from cikabm.convert import kernel_parameters
     from cikabm.scenario import load_scenario
-    from cikabm.schedules import infusion_count_text
+    from cikabm.schedules import dosing_days, infusion_count_text
 
     scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "teaching_mhc_loss.toml")
     given = kernel_parameters(scenario).infusion_days
-    assert list(np.diff(given)) == [7.0] * 5 and scheduled_infusions(scenario)[6] == 91.0
-    text = infusion_count_text(len(given), len(scheduled_infusions(scenario)), "the 90 days")
+    assert list(np.diff(given)) == [7.0] * 5 and dosing_days(scenario.dosing)[6] == 91.0
+    text = infusion_count_text(len(given), len(dosing_days(scenario.dosing)), "the 90 days")
     assert text == "6 of 16 scheduled infusions fall within the 90 days"
     assert text in validate_text(scenario)
 

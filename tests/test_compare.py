@@ -8,14 +8,11 @@ import pytest
 
 from cikabm.cli import main
 from cikabm.compare import (
-    SCHEDULE_NAMES,
     TABLE_COLUMNS,
     add_infusion_groups,
-    arm_infusion_days,
     comparison_scenario,
     comparison_subgroups,
     comparison_table,
-    parse_schedule_spec,
     plot_blood_levels,
     plot_comparison,
     run_comparison,
@@ -23,6 +20,7 @@ from cikabm.compare import (
 )
 from cikabm.mechanism import MECHANISM_COLUMNS, mechanism_breakdown
 from cikabm.scenario import scenario_from_dict
+from cikabm.schedules import SCHEDULE_NAMES, dosing_days, parse_schedule_spec
 from cikabm.trial_params import TrialScenario
 
 TINY = {
@@ -110,15 +108,15 @@ def test_arms_from_schedule_names_take_start_and_dose_from_scenario():
     assert [a.schedule for a in arms] == ["lee2015", "choi2018", "weekly6_biweekly", "none"]
     treated = [a for a in arms if a.schedule != "none"]
     assert all(a.start_day == 7.0 and a.dose_cells == 5e9 for a in treated)
-    assert [len(arm_infusion_days(a)) for a in arms] == [16, 14, 16, 0]
-    assert (arm_infusion_days(arms[0])[0], arm_infusion_days(arms[0])[-1]) == (7.0, 7.0 + 59 * 7)
+    assert [len(dosing_days(a)) for a in arms] == [16, 14, 16, 0]
+    assert (dosing_days(arms[0])[0], dosing_days(arms[0])[-1]) == (7.0, 7.0 + 59 * 7)
 
 
 def test_dose_multipliers_and_cycles():
     half, twice = schedule_arms(["lee2015*0.5", "choi2018"], tiny(), cycles=[1, 2])
     assert half.name == "lee2015*0.5" and half.dose_cells == 2.5e9 and half.schedule == "lee2015"
-    assert twice.schedule == "custom" and len(arm_infusion_days(twice)) == 28
-    days = arm_infusion_days(twice)
+    assert twice.schedule == "custom" and len(dosing_days(twice)) == 28
+    days = dosing_days(twice)
     assert days[14] - days[13] == 7.0  # the second cycle starts one first-phase interval later
     (scaled,) = schedule_arms(["lee2015"], tiny(), dose_multipliers=[0.25])
     assert scaled.dose_cells == 1.25e9

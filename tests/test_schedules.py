@@ -6,16 +6,20 @@ import numpy as np
 import pytest
 from conftest import make_scenario, run_scenario
 
-from cikabm.convert import kernel_parameters, schedule_phases, scheduled_infusions
+from cikabm.convert import kernel_parameters
+from cikabm.params import PersistenceParams
 from cikabm.schedules import (
     PRESET_SCHEDULES,
     blood_level,
+    dosing_days,
+    dosing_phases,
     infusion_days,
     mean_blood_over_steps,
     single_dose_level,
 )
 
-PERSIST = {"dose": 6.4e9, "fast_fraction": 0.9, "fast_half_life_days": 4.0, "slow_half_life_days": 20.0}
+PERSIST = {"dose": 6.4e9, "persistence": PersistenceParams(fast_fraction=0.9, fast_half_life_days=4.0,
+                                                           slow_half_life_days=20.0)}
 
 
 def test_lee2015_weeks():
@@ -52,13 +56,13 @@ def test_custom_and_preset_schedules_through_the_scenario():
                            dosing={"schedule": "custom", "start_day": 2.0,
                                    "phases": [{"count": 3, "interval_days": 7.0},
                                               {"count": 2, "interval_days": 10.0}]})
-    np.testing.assert_array_equal(scheduled_infusions(custom), [2.0, 9.0, 16.0, 26.0, 36.0])
+    np.testing.assert_array_equal(dosing_days(custom.dosing), [2.0, 9.0, 16.0, 26.0, 36.0])
     lee = make_scenario(dosing={"schedule": "lee2015"}, time={"duration_days": 100.0})
-    assert schedule_phases(lee) == PRESET_SCHEDULES["lee2015"]
+    assert dosing_phases(lee.dosing) == PRESET_SCHEDULES["lee2015"]
     # only the infusions inside the run reach the kernel
     np.testing.assert_array_equal(kernel_parameters(lee).infusion_days / 7.0, [0, 1, 2, 3, 5, 7, 9, 11])
     none = make_scenario(dosing={"schedule": "none"})
-    assert len(scheduled_infusions(none)) == 0
+    assert len(dosing_days(none.dosing)) == 0
     assert not kernel_parameters(none).mean_cik_arrivals.any()
 
 
@@ -89,12 +93,13 @@ def test_blood_level_is_the_superposition_of_single_doses(name):
     np.testing.assert_allclose(2 * half, total, rtol=1e-12)
 
 
-def _integral(t_end, doses, dose, fast_fraction, fast_half_life_days, slow_half_life_days):
+def _integral(t_end, doses, dose, persistence):
     """Exact integral of the blood level from 0 to t_end."""
+    p = persistence
     total = 0.0
     for d in doses:
         since = max(t_end - d, 0.0)
-        for frac, half in ((fast_fraction, fast_half_life_days), (1 - fast_fraction, slow_half_life_days)):
+        for frac, half in ((p.fast_fraction, p.fast_half_life_days), (1 - p.fast_fraction, p.slow_half_life_days)):
             k = np.log(2) / half
             total += dose * frac * (1 - np.exp(-k * since)) / k
     return total
@@ -137,9 +142,8 @@ def test_homing_rate_follows_blood_level_and_arrivals_match():
                        effectors={"capacity": 20_000},
                        time={"duration_days": 12.0, "record_every_hours": 12.0})
     disc = kernel_parameters(sc)
-    blood = mean_blood_over_steps(disc.n_steps, disc.dt_days, disc.infusion_days,
-                                  sc.dosing.dose_cells, sc.persistence.fast_fraction,
-                                  sc.persistence.fast_half_life_days, sc.persistence.slow_half_life_days)
+    blood = mean_blood_over_steps(disc.n_steps, disc.dt_days, disc.infusion_days, sc.dosing.dose_cells,
+                                  sc.persistence)
     np.testing.assert_allclose(disc.mean_cik_arrivals, 4e-12 * 1600 * blood * disc.dt_days, rtol=1e-12)
     assert disc.mean_ctl_arrivals == pytest.approx(0.01 * 1600 * disc.dt_days)
     _, frame = run_scenario(sc, seed=1)
@@ -161,4 +165,4 @@ def test_homing_rate_follows_blood_level_and_arrivals_match():
                                   np.searchsorted(disc.infusion_days, frame["time_days"], side="right"))
     np.testing.assert_allclose(frame["blood_cik_cells"],
                                blood_level(frame["time_days"].to_numpy(), disc.infusion_days,
-                                           sc.dosing.dose_cells, 0.9, 4.0, 20.0))
+                                           sc.dosing.dose_cells, PERSIST["persistence"]))

@@ -48,7 +48,7 @@ from cikabm.plotting import (
     plot_snapshots,
 )
 from cikabm.scenario import ScenarioError
-from cikabm.schedules import PRESET_SCHEDULES
+from cikabm.schedules import PRESET_SCHEDULES, phases_text
 
 __all__ = ["APP_TITLE", "MODEL_PARAMS", "PANELS", "Control", "Page", "View", "describe_schedule", "page",
            "populations_line"]
@@ -72,10 +72,7 @@ _tumour = TEACHING_SCENARIO["tumour"]
 
 def describe_schedule(name: str) -> str:
     """The infusions of a preset schedule in words, e.g. "6 infusions 7 days apart, then 10 14 days apart"."""
-    if name == "none":
-        return "no infusions"
-    phases = PRESET_SCHEDULES[name]
-    return ", then ".join(f"{count} infusions {interval:g} days apart" for count, interval in phases)
+    return phases_text(() if name == "none" else PRESET_SCHEDULES[name])
 
 
 @dataclass(frozen=True)

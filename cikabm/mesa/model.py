@@ -35,7 +35,7 @@ from cikabm.kernels import core
 from cikabm.kernels.geometry import interior_view
 from cikabm.params import KIND_KEYS, Scenario
 from cikabm.scenario import merge_tables, scenario_from_dict
-from cikabm.schedules import PRESET_SCHEDULES, blood_level
+from cikabm.schedules import DEFAULT_DOSE_CELLS, SCHEDULE_NAMES, blood_level
 from cikabm.simulation import Simulation, Snapshot, numba_threads, record_columns
 
 __all__ = ["SCHEDULE_CHOICES", "TEACHING_SCENARIO", "CIKModel", "KernelLayer"]
@@ -54,11 +54,11 @@ TEACHING_SCENARIO: dict[str, Any] = {
                "death_rate_per_day": 0.1, "mhc_mean": 0.8, "mhc_loss_per_division": 0.01,
                "ligand_mean": 0.6},
     "homing": {"ctl_per_site_per_day": 5e-4, "cik_per_site_per_day": 2.5e-12},
-    "dosing": {"schedule": "weekly6_biweekly", "start_day": 42.0, "dose_cells": 6.4e9},
+    "dosing": {"schedule": "weekly6_biweekly", "start_day": 42.0, "dose_cells": DEFAULT_DOSE_CELLS},
 }
 
-#: Schedules the model's ``schedule`` argument accepts.
-SCHEDULE_CHOICES: tuple[str, ...] = (*sorted(PRESET_SCHEDULES), "none")
+#: Schedules the model's ``schedule`` argument accepts: the presets and ``none``.
+SCHEDULE_CHOICES: tuple[str, ...] = SCHEDULE_NAMES
 
 
 class KernelLayer(PropertyLayer):
@@ -205,9 +205,8 @@ class CIKModel(mesa.Model):
     @property
     def blood_cik_cells(self) -> float:
         """CIK cells in blood now (superposition of the infusions given)."""
-        p = self.cik_scenario.persistence
         return float(blood_level(np.array([self.day]), self.infusion_days, self.cik_scenario.dosing.dose_cells,
-                                 p.fast_fraction, p.fast_half_life_days, p.slow_half_life_days)[0])
+                                 self.cik_scenario.persistence)[0])
 
     def step(self) -> None:
         """Advance the kernel by ``hours_per_step`` hours, then record the populations."""

@@ -658,10 +658,8 @@ class ReferenceModel(mesa.Model):
             row[f"effectors_{key}"] = sum(e.kind == key for e in effectors)
         row["effectors_engaged"] = sum(e.target is not None for e in effectors)
         row["effectors_exhausted"] = sum(e.kills >= rules.kill_capacity for e in effectors)
-        pers = self.settings.persistence
         row["blood_cik_cells"] = float(blood_level(np.array([row["time_days"]]), rules.infusion_days,
-                                                   self.settings.dosing.dose_cells, pers.fast_fraction,
-                                                   pers.fast_half_life_days, pers.slow_half_life_days)[0])
+                                                   self.settings.dosing.dose_cells, self.settings.persistence)[0])
         row["infusions_given"] = int(np.searchsorted(rules.infusion_days, row["time_days"], side="right"))
         row["ifn_mean"] = float(self.ifn.mean())
         k = self.kills

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cikabm.params import KIND_KEYS, Scenario
-from cikabm.schedules import PRESET_SCHEDULES, infusion_days, mean_blood_over_steps
+from cikabm.schedules import dosing_days, mean_blood_over_steps
 
 __all__ = ["FAS", "FIELD_STABILITY", "PERFORIN", "KindRules", "StepRules", "completes_in_rest_of_substep",
-           "probability", "scheduled_infusions"]
+           "probability"]
 
 #: Kill mechanisms: perforin/granzyme uses one granule; Fas/FasL needs none.
 PERFORIN = "perforin"
@@ -159,10 +159,9 @@ class StepRules:
         # Supply: CIK homing follows the mean blood level over each step (exact
         # integral of the two-compartment decay, so arrivals do not depend on
         # dt); endogenous CTLs arrive at a constant rate.
-        doses = scheduled_infusions(sc)
+        doses = dosing_days(sc.dosing)
         doses = doses[doses < n_steps * dt_d]
-        blood = mean_blood_over_steps(n_steps, dt_d, doses, sc.dosing.dose_cells, sc.persistence.fast_fraction,
-                                      sc.persistence.fast_half_life_days, sc.persistence.slow_half_life_days)
+        blood = mean_blood_over_steps(n_steps, dt_d, doses, sc.dosing.dose_cells, sc.persistence)
         n_sites = math.prod(sc.lattice.shape)
         prod = sc.product
         shares = np.array([prod.share_tnk, prod.share_tcell, prod.share_nk])
@@ -209,15 +208,3 @@ class StepRules:
         """Hill response ``h(L) = L^n / (L^n + K^n)`` of the NKG2D receptor to ligand density ``L``."""
         ln = ligand**self.nkg2d_hill
         return ln / (ln + self.nkg2d_half_saturation**self.nkg2d_hill)
-
-
-def scheduled_infusions(sc: Scenario) -> np.ndarray:
-    """Days of every infusion of the scenario's schedule (some may fall after the run)."""
-    d = sc.dosing
-    if d.schedule == "none":
-        phases: tuple[tuple[int, float], ...] = ()
-    elif d.schedule == "custom":
-        phases = tuple((p.count, p.interval_days) for p in d.phases)
-    else:
-        phases = PRESET_SCHEDULES[d.schedule]
-    return infusion_days(phases, d.start_day)
