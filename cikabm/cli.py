@@ -16,7 +16,8 @@
 
 Exit status: 0 on success; 2 for anything the user can fix (a bad scenario,
 a bad option value, an output path that cannot be used), with a message on
-stderr and nothing written; 1 when writing the results fails; 130 when
+stderr and nothing written; 1 when writing the results fails (a folder made
+unwritable, a full disk) or memory runs out, with a message; 130 when
 interrupted.
 """
 
@@ -34,10 +35,7 @@ from typing import Any
 
 from cikabm import __version__
 from cikabm.cli_text import comparison_text, run_summary_text, trial_summary_text, validate_text
-
-#: Files ``cikabm run`` writes; an existing output directory holding nothing
-#: else (or nothing at all) may be replaced.
-OUTPUT_FILES = ("timeseries.csv", "summary.json", "scenario.toml", "populations.png", "snapshots.png")
+from cikabm.io import RUN_OUTPUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -174,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "DIR/scenario.toml (a copy of the input), DIR/populations.png and "
                           "DIR/snapshots.png. A failed or interrupted run writes nothing."),
         epilog=_wrap("An existing DIR is used only when it is empty or holds nothing but the files "
-                     "of an earlier run (" + ", ".join(OUTPUT_FILES) + "), which are replaced whole; "
+                     "of an earlier run (" + ", ".join(RUN_OUTPUTS) + "), which are replaced whole; "
                      "a file that appears in DIR during the run is kept.",
                      "example:\n  cikabm run scenarios/teaching_mhc_loss.toml --out results/teaching"),
         formatter_class=_Formatter)
@@ -371,7 +369,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def check_output_dir(out: Path, allowed: Sequence[str] = OUTPUT_FILES) -> None:
+def check_output_dir(out: Path, allowed: Sequence[str] = RUN_OUTPUTS) -> None:
     """Refuse an output path that cannot be (re)placed, before any work is done.
 
     ``allowed`` names the files an earlier run of the command leaves, as names
@@ -476,9 +474,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = sim.run(progress=progress, n_snapshots=args.snapshots)
 
     def writer(tmp: Path) -> None:
-        write_results(results, tmp, scenario_source=source_bytes)
+        results.write(tmp, scenario_source=source_bytes)
 
-    if not replace_output_dir(out, writer, OUTPUT_FILES):
+    if not replace_output_dir(out, writer, RUN_OUTPUTS):
         return EXIT_FAILED
     _write_stdout(run_summary_text(results, out))
     return EXIT_OK
@@ -567,37 +565,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_results(results: Any, directory: Path, *, scenario_source: bytes | None = None) -> list[Path]:
-    """Write a run's files into an existing ``directory`` (see ``cikabm run --help``).
-
-    ``timeseries.csv`` depends only on the scenario and seed (never on timing
-    or threads), so it is byte-identical between runs of the same scenario.
-
-    Returns
-    -------
-    list of Path
-        The files written.
-    """
-    from cikabm.io import atomic_write_json
-    from cikabm.plotting import save_run_figures
-
-    directory = Path(directory)
-    files = []
-    path = directory / "timeseries.csv"
-    results.to_frame().to_csv(path, index=False, lineterminator="\n")
-    files.append(path)
-    summary = results.summary()
-    summary["kills_table"] = results.kills_table().reset_index().to_dict(orient="records")
-    summary["scenario_parameters"] = results.scenario.model_dump(mode="json")
-    files.append(atomic_write_json(directory / "summary.json", summary))
-    if scenario_source is not None:
-        path = directory / "scenario.toml"
-        path.write_bytes(scenario_source)
-        files.append(path)
-    files.extend(save_run_figures(results, directory))
-    return files
-
-
 def _bench_config_names() -> list[str]:
     from cikabm.bench import CONFIGS
 
@@ -679,6 +646,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted; nothing written")
         return EXIT_INTERRUPTED
+    except MemoryError:
+        _error("out of memory. `cikabm validate SCENARIO` estimates what a scenario needs; a smaller lattice, "
+               "fewer effectors or records, or fewer --workers need less. A trial keeps its finished patients: "
+               "rerun it with --resume")
+        return EXIT_FAILED
+    except OSError as err:  # a folder made unwritable, a full disk, a file removed under a running command
+        where = f"{err.filename}: " if err.filename else ""
+        _error(f"could not read or write {where}{err.strerror or err}. A trial keeps its finished patients: "
+               "rerun it with --resume")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,7 +72,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import time
 
     from cikabm.calibrate import calibrate_adjuvant, calibration_report
-    from cikabm.cli import EXIT_OK, UserError, _write_stdout, check_log_path
+    from cikabm.cli import EXIT_FAILED, EXIT_OK, UserError, _error, _write_stdout, check_log_path
     from cikabm.io import atomic_write_json, to_jsonable
     from cikabm.scenario import load_scenario
     from cikabm.trial import CohortRunner, dask_client
@@ -102,11 +102,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UserError(str(err)) from None
     wall = time.perf_counter() - start
+    _write_stdout(calibration_report(result, wall))  # first: the fitted values are shown whatever the log does
     if args.log is not None:
-        atomic_write_json(args.log, to_jsonable({**result.__dict__, "wall_seconds": wall,
-                                                 "command": " ".join(["cikabm calibrate", str(args.scenario),
-                                                                      *_flags(args)])}))
-    _write_stdout(calibration_report(result, wall))
+        try:
+            atomic_write_json(args.log, to_jsonable({**result.__dict__, "wall_seconds": wall,
+                                                     "command": " ".join(["cikabm calibrate", str(args.scenario),
+                                                                          *_flags(args)])}))
+        except OSError as err:
+            _error(f"--log {args.log}: could not write the search history ({err.strerror or err}); the fitted "
+                   "values are above")
+            return EXIT_FAILED
     return EXIT_OK
 
 

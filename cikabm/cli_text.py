@@ -27,7 +27,8 @@ def validate_text(scenario: Any) -> str:
         file (whose ``[time]`` duration and ``[dosing]`` are region defaults a
         trial does not use as such) the lines of
         :func:`cikabm.trial_params.trial_overview`: setting, patients,
-        follow-up, each arm's schedule. Then which tables the file set, or
+        follow-up, each arm's schedule. Then the memory and time it needs
+        (:func:`cikabm.resources.estimate`), and which tables the file set, or
         that every value is a default (:func:`cikabm.scenario.keys_set_text`).
 
     Raises
@@ -35,6 +36,7 @@ def validate_text(scenario: Any) -> str:
     MemoryError
         When a region's per-step inputs do not fit in memory.
     """
+    from cikabm.resources import estimate
     from cikabm.scenario import keys_set_text
     from cikabm.trial_params import TrialScenario, trial_overview
 
@@ -43,19 +45,21 @@ def validate_text(scenario: Any) -> str:
         lines = [f"OK: {name}", *(f"  {line}" for line in trial_overview(scenario))]
     else:
         lines = [f"OK: {name} ({_region_line(scenario)})"]
+    lines.append(f"  {estimate(scenario).text()}")
     lines.append(f"  {keys_set_text(scenario)}")
     return "\n".join(lines) + "\n"
 
 
 def _region_line(scenario: Any) -> str:
-    from cikabm.convert import kernel_parameters
+    from cikabm.convert import step_grid
     from cikabm.trial_params import schedule_text
 
-    disc = kernel_parameters(scenario)
+    t = scenario.time
+    n_steps, _ = step_grid(t.duration_days, t.dt_minutes, t.record_every_hours)
     shape = "x".join(str(n) for n in scenario.lattice.shape)
-    run_days = disc.n_steps * disc.dt_days  # what the kernel runs, the horizon of its infusions
+    run_days = n_steps * t.dt_minutes / 1440.0  # what the kernel runs, the horizon of its infusions
     schedule = schedule_text(scenario.dosing, run_days, f"the {scenario.time.duration_days:g} days")
-    return (f"{scenario.dims}D {shape}, {disc.n_steps} steps of {scenario.time.dt_minutes:g} min "
+    return (f"{scenario.dims}D {shape}, {n_steps} steps of {scenario.time.dt_minutes:g} min "
             f"({scenario.time.duration_days:g} days), {schedule}")
 
 

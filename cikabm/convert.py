@@ -89,6 +89,13 @@ def cik_arrivals_per_step(scenario: Scenario, sites: float, n_steps: int, dt_day
                                                                          shift_days) * dt_days
 
 
+def step_grid(duration_days: float, dt_minutes: float, record_every_hours: float) -> tuple[int, int]:
+    """Steps of a run and steps between records: the one rounding of times to steps."""
+    n_steps = max(1, round(duration_days / (dt_minutes / 1440.0)))
+    record_every = max(1, round(record_every_hours / (dt_minutes / 60.0)))
+    return n_steps, record_every
+
+
 def kernel_parameters(scenario: Scenario) -> Discretisation:
     """Convert a validated scenario into kernel parameters and per-step inputs."""
     dims = scenario.dims
@@ -97,8 +104,7 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
     dt_min = scenario.time.dt_minutes
     dt_h = dt_min / 60.0
     dt_d = dt_min / 1440.0
-    n_steps = max(1, round(scenario.time.duration_days / dt_d))
-    record_every = max(1, round(scenario.time.record_every_hours / dt_h))
+    n_steps, record_every = step_grid(scenario.time.duration_days, dt_min, scenario.time.record_every_hours)
 
     tum = scenario.tumour
     total_rate = tum.division_rate_per_day + tum.death_rate_per_day

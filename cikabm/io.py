@@ -14,13 +14,12 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["OutputBusyError", "atomic_write_json", "atomic_write_text", "is_own_output", "output_lock",
            "to_jsonable", "write_output_dir", "writes_into_out"]
@@ -30,6 +29,8 @@ __all__ = ["OutputBusyError", "atomic_write_json", "atomic_write_text", "is_own_
 #: name is never taken for one.
 CHUNK_DIR = ".chunks"
 CHUNK_MANIFEST = "manifest.json"
+#: What a region run writes into its folder (``cikabm run --out``; :meth:`cikabm.simulation.Results.write`).
+RUN_OUTPUTS = ("timeseries.csv", "summary.json", "scenario.toml", "populations.png", "snapshots.png")
 #: The lock file of a folder a command is writing into (see :func:`output_lock`); every command's own.
 LOCK_NAME = ".cikabm.lock"
 
@@ -341,9 +342,10 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
+    np = sys.modules.get("numpy")  # no NumPy object without NumPy loaded: this module does not import it
+    if np is not None and isinstance(obj, np.ndarray):
         return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
+    if np is not None and isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

@@ -318,7 +318,7 @@ class DosingParams(Section):
             raise ValueError(f"schedule = {self.schedule!r} is not one of " + ", ".join(DOSING_SCHEDULES))
         total = phase_count([(p.count, p.interval_days) for p in self.phases])
         if total > MAX_INFUSIONS:
-            raise ValueError(f"phases: {total} infusions in all, more than {MAX_INFUSIONS}")
+            raise ValueError(f"phases hold {total} infusions in all, more than {MAX_INFUSIONS}")
         return self
 
 

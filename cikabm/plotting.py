@@ -108,8 +108,9 @@ def _mark_doses(ax: Axes, days: np.ndarray, label: str = "CIK infusion") -> None
     """Thin dotted lines at the infusion days, and one labelled row of triangles on top."""
     if len(days) == 0:
         return
-    for d in days:
-        ax.axvline(float(d), color=DOSE_COLOUR, lw=0.7, ls=":", zorder=0.5)
+    # One collection for all the lines: the cost of a figure does not grow with the number of doses.
+    ax.vlines(days, 0.0, 1.0, transform=ax.get_xaxis_transform(), colors=DOSE_COLOUR, lw=0.7, ls=":",
+              zorder=0.5)
     ax.plot(days, np.full(len(days), 1.0), ls="none", marker="v", ms=6, color=DOSE_COLOUR,
             transform=ax.get_xaxis_transform(), clip_on=False, zorder=5, label=label)
 
@@ -546,11 +547,19 @@ def plot_snapshots(snapshots: Sequence[Any], axes: Any = None, *, site_size_um: 
     return axes
 
 
+#: Most pixels a lattice image has along an edge: a larger lattice is shown one site in every few (a
+#: figure shows fewer pixels than that anyway), so plotting memory does not grow with the lattice.
+MAX_IMAGE_EDGE = 1024
+
+
 def _draw_snapshot(ax: Axes, snap: Any) -> None:
     codes = np.asarray(snap.tumour)
     ny, nx = codes.shape
-    rgb = SNAPSHOT_FILL[np.clip(codes, 0, len(SNAPSHOT_FILL) - 1)]
-    ax.imshow(rgb, origin="lower", interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
+    stride = max(1, math.ceil(max(ny, nx) / MAX_IMAGE_EDGE))
+    shown = codes[::stride, ::stride]
+    rgb = np.round(SNAPSHOT_FILL * 255).astype(np.uint8)[np.clip(shown, 0, len(SNAPSHOT_FILL) - 1)]
+    ax.imshow(rgb, origin="lower", interpolation="nearest",
+              extent=(-0.5, shown.shape[1] * stride - 0.5, -0.5, shown.shape[0] * stride - 0.5))
     eff = np.asarray(snap.effectors)
     # Dot size: about 1.3 sites across, never below 2.5 points.
     fig = ax.figure

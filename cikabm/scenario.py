@@ -201,8 +201,12 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, 
     Raises
     ------
     ScenarioError
-        If the file is missing, not TOML, or any field is invalid.
+        If the file is missing, not TOML, any field is invalid, or the
+        scenario needs more memory than this machine has
+        (:func:`cikabm.resources.check_fits`).
     """
+    from cikabm.resources import check_fits
+
     path = Path(path)
     source = str(path)
     try:
@@ -229,4 +233,6 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, 
             model = TrialScenario
         else:
             model = Scenario
-    return scenario_from_dict(data, source, model=model)
+    scenario = scenario_from_dict(data, source, model=model)
+    check_fits(scenario, source)
+    return scenario

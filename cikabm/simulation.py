@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -121,7 +123,7 @@ def mhc_lost_peak(days: np.ndarray, total: np.ndarray, lost: np.ndarray) -> dict
 
 @dataclass
 class Results:
-    """What a run produced. ``to_frame()`` gives the time series."""
+    """What a run produced. ``to_frame()`` gives the time series, ``write()`` the run's files."""
 
     scenario: Scenario
     seed: int
@@ -218,6 +220,37 @@ class Results:
             },
         }
 
+    def write(self, directory: str | Path, *, scenario_source: bytes | None = None) -> list[Path]:
+        """Write the run's files (:data:`cikabm.io.RUN_OUTPUTS`) into an existing ``directory``.
+
+        ``timeseries.csv`` depends only on the scenario and seed (never on
+        timing or threads), so it is byte-identical between runs of the same
+        scenario. ``scenario.toml`` is written when ``scenario_source`` (the
+        file's bytes) is given.
+
+        Returns
+        -------
+        list of Path
+            The files written.
+        """
+        from cikabm.io import atomic_write_json
+        from cikabm.plotting import save_run_figures
+
+        directory = Path(directory)
+        path = directory / "timeseries.csv"
+        self.to_frame().to_csv(path, index=False, lineterminator="\n")
+        files = [path]
+        summary = self.summary()
+        summary["kills_table"] = self.kills_table().reset_index().to_dict(orient="records")
+        summary["scenario_parameters"] = self.scenario.model_dump(mode="json")
+        files.append(atomic_write_json(directory / "summary.json", summary))
+        if scenario_source is not None:
+            path = directory / "scenario.toml"
+            path.write_bytes(scenario_source)
+            files.append(path)
+        files.extend(save_run_figures(self, directory))
+        return files
+
 
 @contextlib.contextmanager
 def numba_threads(threads: int | None) -> Iterator[int]:
@@ -236,22 +269,50 @@ def numba_threads(threads: int | None) -> Iterator[int]:
 
 
 def initial_tumour_sites(scenario: Scenario, geom: Geometry, seed: int, patient: int) -> np.ndarray:
-    """Flat indices of the initial tumour cells (ball at the centre, or scattered)."""
+    """Flat indices of the initial tumour cells (ball at the centre, or scattered).
+
+    A ball takes the ``initial_cells`` sites nearest the centre (ties by flat
+    index); scattered cells take the sites of the smallest hashes (ties by
+    flat index). Both look at no more sites than they need to, so that a large
+    lattice needs no per-site temporaries of coordinates.
+    """
     count = scenario.tumour.initial_cells
-    shape = tuple(scenario.lattice.shape)
-    coords = np.indices(shape).reshape(len(shape), -1).T
-    flat = flat_index(geom, coords)
+    shape = np.asarray(scenario.lattice.shape, dtype=np.int64)
     if count == 0:
-        return flat[:0]
+        return np.zeros(0, dtype=np.int64)
     if scenario.tumour.initial_pattern == "ball":
-        centre = (np.asarray(shape) - 1) / 2.0
-        dist2 = ((coords - centre) ** 2).sum(axis=1)
-        order = np.lexsort((flat, dist2))
-    else:
-        bits = np.empty(flat.shape[0], dtype=np.uint64)
-        core.hash_sites(np.uint64(core.stream_key(seed, patient, 0, core.P_SEED + 100)), flat, bits)
-        order = np.argsort(bits, kind="stable")
+        return _ball_sites(shape, geom, count)
+    flat = interior_view(np.arange(geom.pz * geom.py * geom.px, dtype=np.int64), geom).ravel()
+    bits = np.empty(flat.shape[0], dtype=np.uint64)
+    core.hash_sites(np.uint64(core.stream_key(seed, patient, 0, core.P_SEED + 100)), flat, bits)
+    order = np.argsort(bits, kind="stable")
     return np.sort(flat[order[:count]])
+
+
+def _ball_sites(shape: np.ndarray, geom: Geometry, count: int) -> np.ndarray:
+    """The ``count`` sites nearest the centre, ties by flat index, found in a growing box around it.
+
+    The box is large enough once the farthest chosen site is nearer the centre
+    than any site outside the box (or the box is the whole lattice).
+    """
+    centre = (shape - 1) / 2.0
+    half = math.ceil(count ** (1.0 / len(shape))) + 1.0
+    while True:
+        lo = np.maximum(np.floor(centre - half), 0).astype(np.int64)
+        hi = np.minimum(np.ceil(centre + half) + 1, shape).astype(np.int64)  # exclusive
+        coords = (np.indices(tuple(hi - lo)).reshape(len(shape), -1) + lo[:, None]).T
+        if len(coords) >= count:
+            flat = flat_index(geom, coords)
+            dist2 = ((coords - centre) ** 2).sum(axis=1)
+            order = np.lexsort((flat, dist2))
+            chosen = order[:count]
+            whole = bool(np.all(lo == 0) and np.all(hi == shape))
+            # Nearest a site outside the box can be: one step beyond an edge that is not the lattice's.
+            gaps = [centre[a] - (lo[a] - 1) for a in range(len(shape)) if lo[a] > 0]
+            gaps += [hi[a] - centre[a] for a in range(len(shape)) if hi[a] < shape[a]]
+            if whole or dist2[chosen[-1]] < min(gaps) ** 2:
+                return np.sort(flat[chosen])
+        half *= 2.0
 
 
 class Simulation:

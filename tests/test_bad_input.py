@@ -149,3 +149,66 @@ def test_an_invalid_patient_region_names_the_patient_and_the_field():
                        r"exceeds the 40000 lattice sites"):
         patient_region(ts, draw_patient(ts, 0), ts.arms[1], initial_cells=10**9, duration_days=10.0,
                        record_every_hours=24.0)
+
+
+# --------------------------------------------------------------------------- failures while writing
+
+_TINY_TRIAL = """
+[scenario]
+name = "tiny"
+[trial]
+patients = 2
+follow_up_months = 3.0
+chunk_patients = 1
+[lattice]
+shape = [20, 20]
+"""
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (PermissionError(13, "Permission denied", "/results/.chunks/chunk_00000.parquet"),
+     "could not read or write /results/.chunks/chunk_00000.parquet: Permission denied"),
+    (OSError(28, "No space left on device"), "could not read or write No space left on device"),
+    (MemoryError(), "out of memory"),
+])
+def test_a_failure_while_a_trial_writes_is_a_message_and_exit_1(tmp_path, capsys, monkeypatch, error, expected):
+    """An unwritable --out, a full disk or memory running out in `trial` and `compare` (tracebacks before)."""
+    import cikabm.trial
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cikabm.trial, "_write_chunk", fail)
+    path = tmp_path / "t.toml"
+    path.write_text(_TINY_TRIAL, encoding="utf-8")
+    for argv in (["trial", str(path), "--out", str(tmp_path / "a"), "--workers", "1"],
+                 ["compare", str(path), "--schedules", "none,lee2015", "--out", str(tmp_path / "b"),
+                  "--workers", "1"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+
+
+def test_calibrate_prints_what_it_fitted_when_its_log_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """The fit's values reach the terminal first; a log that fails after the fit (a full disk) is named,
+    exit 1 (it was a traceback, and the fitted values were never printed)."""
+    import cikabm.calibrate
+    import cikabm.io
+    from cikabm.calibrate import CalibrationResult
+
+    fitted = CalibrationResult(foci_mean_at_5cm=1.25, de_novo_per_year=0.04, cik_per_site_per_day=7.5e-12,
+                               control_median_months=30.0, five_year_recurrence=0.7, hazard_ratio=0.63,
+                               seeds=[1], patients_per_cohort=10)
+    monkeypatch.setattr(cikabm.calibrate, "calibrate_adjuvant", lambda *a, **k: fitted)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cikabm.io, "atomic_write_json", disk_full)
+    root = Path(__file__).resolve().parents[1]
+    rc = main(["calibrate", str(root / "scenarios" / "hcc_adjuvant_lee2015.toml"), "--control-median", "30",
+               "--hr", "0.63", "--treatment-arm", "cik", "--workers", "1", "--log", str(tmp_path / "fit.json")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "7.5e-12" in captured.out and "1.25" in captured.out
+    assert "--log" in captured.err and "No space left on device" in captured.err and "Traceback" not in captured.err

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from cikabm import __version__
-from cikabm.cli import OUTPUT_FILES, main
+from cikabm.cli import main
+from cikabm.io import RUN_OUTPUTS
 from cikabm.modeldoc import parameter_rows
 from cikabm.params import KIND_KEYS
 
@@ -83,7 +84,7 @@ def _run(scenario: Path, out: Path, *extra: str) -> int:
 def test_run_writes_all_files(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "results" / "tiny"
     assert _run(tiny, out, "--threads", "1") == 0
-    assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)
+    assert sorted(os.listdir(out)) == sorted(RUN_OUTPUTS)
     assert sorted(os.listdir(tmp_path)) == ["results", "tiny.toml"]  # no temp dirs left
     assert os.listdir(tmp_path / "results") == ["tiny"]
 
@@ -273,7 +274,8 @@ def test_validate_describes_a_trial_file_not_the_region_defaults(capsys: pytest.
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     assert lines[0] == "OK: hcc_adjuvant_lee2015"
-    assert [line.strip() for line in lines[1:-1]] == [line.strip() for line in trial_overview(load_scenario(path))]
+    assert [line.strip() for line in lines[1:-2]] == [line.strip() for line in trial_overview(load_scenario(path))]
+    assert lines[-2].strip().startswith("needs about")  # the estimate of cikabm.resources
     assert "adjuvant setting" in lines[1] and "230 patients" in lines[1] and "60 months of follow-up" in lines[1]
     assert lines[2].strip() == "control (reference): no CIK"
     assert lines[3].strip() == ("cik: schedule lee2015 from day 14, 6.4e9 cells each: all 16 scheduled infusions "
