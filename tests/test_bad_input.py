@@ -212,3 +212,20 @@ def test_calibrate_prints_what_it_fitted_when_its_log_cannot_be_written(tmp_path
     assert rc == 1
     assert "7.5e-12" in captured.out and "1.25" in captured.out
     assert "--log" in captured.err and "No space left on device" in captured.err and "Traceback" not in captured.err
+
+
+def test_calibrate_refuses_a_log_in_a_missing_folder_before_fitting(tmp_path, capsys, monkeypatch):
+    """It failed after the whole fit: now exit 2 at once, the fit never called."""
+    import cikabm.calibrate
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the fit ran")
+
+    monkeypatch.setattr(cikabm.calibrate, "calibrate_adjuvant", no_fit)
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "missing" / "fit.json"
+    rc = main(["calibrate", str(root / "scenarios" / "hcc_adjuvant_lee2015.toml"), "--control-median", "30",
+               "--hr", "0.63", "--treatment-arm", "cik", "--workers", "1", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--log {log}: folder" in err and "does not exist" in err
+    assert not log.parent.exists()
