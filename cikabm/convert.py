@@ -63,8 +63,12 @@ def completion_in_rest_of_substep(rate: float, dt: float) -> float:
 def nkg2d_signal_table(half_saturation: float, hill: float) -> np.ndarray:
     """Hill response ``h(L) = L^n / (L^n + K^n)`` for the 256 ligand levels."""
     ligand = np.arange(256, dtype=np.float64) / 255.0
-    ln = ligand**hill
-    return ln / (ln + half_saturation**hill)
+    ligand_n, half_n = ligand**hill, half_saturation**hill
+    if half_n > 0.0:
+        return ligand_n / (ligand_n + half_n)
+    # K^n underflowed (a tiny K): 1 / (1 + (K/L)^n) stays finite where L^n / (L^n + 0) is 0/0 at L = 0.
+    with np.errstate(divide="ignore"):
+        return np.where(ligand > 0.0, 1.0 / (1.0 + (half_saturation / ligand) ** hill), 0.0)
 
 
 def motility_substeps(scenario: Scenario) -> int:

@@ -375,7 +375,7 @@ class Scenario(Section):
         if self.time.record_every_hours > self.time.duration_days * 24.0:
             raise ValueError(f"time.record_every_hours = {self.time.record_every_hours:g} is longer than the run "
                              f"(time.duration_days = {self.time.duration_days:g})")
-        if self.time.record_every_hours * 60.0 < self.time.dt_minutes:
+        if self.time.record_every_hours * 60.0 < self.time.dt_minutes * (1.0 - 1e-12):  # (rounding of h <-> min)
             raise ValueError(f"time.record_every_hours = {self.time.record_every_hours} is shorter than "
                              f"one step (time.dt_minutes = {self.time.dt_minutes})")
         fastest = max(self.effectors.kind(k).speed_um_per_min for k in KIND_KEYS)

@@ -122,7 +122,8 @@ def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *
     and product yield scale the CIK supply, and a failed manufacture means no
     infusion at all (the patient stays in the arm: intention to treat). A
     schedule that starts after the patient's follow-up ends gives no infusion,
-    as ``none`` does, and records are at most the run apart.
+    as ``none`` does. The region runs at least one step (a follow-up may be
+    shorter) and records between every step and once a run.
 
     Raises
     ------
@@ -148,8 +149,12 @@ def patient_region(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams, *
     dosing["dose_cells"] = min(arm.dose_cells * patient.product_yield, upper_bound(DosingParams, "dose_cells"))
     if patient.manufacturing_failed or dosing["start_day"] >= duration_days:
         dosing.update(schedule="none", phases=[])
+    # A region runs at least one step, and records at most every step and at least once.
+    step_hours = ts.time.dt_minutes / 60.0
+    duration_days = max(duration_days, step_hours / 24.0)
     time = ts.time.model_dump() | {"duration_days": duration_days,
-                                   "record_every_hours": min(record_every_hours, duration_days * 24.0)}
+                                   "record_every_hours": min(max(record_every_hours, step_hours),
+                                                             duration_days * 24.0)}
     fields = {name: getattr(ts, name).model_dump() for name in Scenario.model_fields}
     fields.update(tumour=tumour, homing=homing, dosing=dosing, time=time)
     try:

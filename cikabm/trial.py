@@ -63,7 +63,10 @@ def _adjuvant_course(ts: TrialScenario, patient: VirtualPatient, arm: ArmParams,
     """Lesions of both sources, each across lattice and compartment, then the clinical course."""
     end_day = patient.censor_months * DAYS_PER_MONTH
     n_days = math.ceil(end_day)
-    region = patient_region(ts, patient, arm, initial_cells=ts.adjuvant.focus_initial_cells,
+    # Each lesion starts its lattice phase at its own size (below the hand-off size, which the lattice
+    # holds); the region's initial size is a placeholder within that bound.
+    region = patient_region(ts, patient, arm,
+                            initial_cells=min(ts.adjuvant.focus_initial_cells, ts.adjuvant.handoff_cells),
                             duration_days=end_day, record_every_hours=ts.adjuvant.check_every_days * 24.0)
     lesions = draw_lesions(ts, lesion_rng(seed, patient.patient_id), primary_size_cm=patient.primary_size_cm,
                            mvi=patient.mvi, net_growth_per_day=patient.net_growth_per_day, horizon_days=end_day)

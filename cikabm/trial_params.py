@@ -108,7 +108,7 @@ class AdjuvantParams(Section):
     detection_cells: float = param(1e9, "cells", "Cells at clinical detection (about 1 cm).",
                                    "~1e9 cells, 1 cm (docs/model.md, Disease course)", gt=1)
     check_every_days: float = param(1.0, "day", "How often a lattice lesion is checked for hand-off or "
-                                    "extinction.", gt=0, le=30)
+                                    "extinction (at most every time step).", "numerical choice", gt=0, le=30)
     compartment_dt_hours: float = param(6.0, "h", "Step of the compartment model (a divisor of 24 h).",
                                         "numerical choice", gt=0, le=24)
     stochastic_below_cells: float = param(
@@ -159,7 +159,8 @@ class AdvancedParams(Section):
         0.2, "fraction", "Progression: burden above the nadir by the volume of this diameter increase.",
         "RECIST: +20 %", gt=0, le=5)
     check_every_days: float = param(1.0, "day", "How often the burden is measured and compared with the "
-                                    "nadir (the response assessments).", gt=0, le=365)
+                                    "nadir (the response assessments); the burden is known daily.",
+                                    "model choice", ge=1, le=365)
 
 
 class OutcomeParams(Section):

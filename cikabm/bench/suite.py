@@ -7,7 +7,7 @@ public names: :mod:`cikabm.bench`).
 
 What is measured
 ----------------
-Every configuration (:data:`CONFIGS`, plain data) is a square or cubic lattice
+Every configuration (:data:`~cikabm.bench.config.CONFIGS`, plain data) is a square or cubic lattice
 with default rules: a tumour ball filling :data:`~cikabm.bench.config.TUMOUR_FILL` of the sites,
 endogenous CTL influx and CIK infusions on the Lee 2015 schedule from day 0.5.
 Each configuration and thread count ``n`` runs in a fresh worker process
@@ -35,7 +35,7 @@ final state of every run (lattice, effectors, field, records, tallies) is
 hashed (:func:`~cikabm.bench.worker.state_digest`) and all digests must be equal. Weak-scaling
 configurations grow the last lattice axis with the thread count.
 
-Definitions (also written into ``bench.json``) are in :data:`DEFINITIONS`.
+Definitions (also written into ``bench.json``) are in :data:`~cikabm.bench.config.DEFINITIONS`.
 
 The Mesa reference implementation (:mod:`cikabm.mesa.reference`, optional
 extra ``teach``) runs the configurations marked ``mesa`` with the same
@@ -62,22 +62,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cikabm.bench import config as cfg
 from cikabm.bench.busy import run_busy_case
-from cikabm.bench.config import (
-    BUSY_CONFIG,
-    CONFIGS,
-    DEFAULT_REPEATS,
-    DEFINITIONS,
-    FULL_SET,
-    MESA_REPEATS,
-    QUICK_REPEATS,
-    QUICK_SET,
-    ROUNDS,
-    SCHEMA_VERSION,
-    BenchConfig,
-    BenchError,
-    default_threads,
-)
+from cikabm.bench.config import BenchConfig, BenchError, default_threads
 from cikabm.bench.worker import (
     _merge_mesa,
     _pooled,
@@ -305,7 +292,7 @@ def round_sizes(repeats: int, quick: bool) -> list[int]:
     """Timed repeats of each round (one worker per thread count each) that make up ``repeats``.
 
     ``quick`` takes them all in one worker; the full suite spreads them as
-    evenly as it can over :data:`ROUNDS` rounds (fewer when there are fewer
+    evenly as it can over :data:`~cikabm.bench.config.ROUNDS` rounds (fewer when there are fewer
     repeats), so that a slow spell of a shared machine falls on every thread
     count alike, and each worker still times several repeats.
     """
@@ -313,7 +300,7 @@ def round_sizes(repeats: int, quick: bool) -> list[int]:
         raise ValueError(f"repeats {repeats}: must be at least 1")
     if quick:
         return [repeats]
-    rounds = min(ROUNDS, repeats)
+    rounds = min(cfg.ROUNDS, repeats)
     return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
 
 
@@ -327,18 +314,18 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     Parameters
     ----------
     configs : sequence of BenchConfig or str, optional
-        Configurations or their names in :data:`CONFIGS` (default:
-        :data:`QUICK_SET` when ``quick``, else :data:`FULL_SET`).
+        Configurations or their names in :data:`~cikabm.bench.config.CONFIGS` (default:
+        :data:`~cikabm.bench.config.QUICK_SET` when ``quick``, else :data:`~cikabm.bench.config.FULL_SET`).
     quick : bool
         Shorter windows, fewer repeats (about a minute on 2 cores).
     threads : sequence of int, optional
         Thread counts (default: :func:`default_threads`).
     repeats : int, optional
-        Timed repeats per thread count (default :data:`DEFAULT_REPEATS`, quick
-        :data:`QUICK_REPEATS`). The full suite takes them in rounds
+        Timed repeats per thread count (default :data:`~cikabm.bench.config.DEFAULT_REPEATS`, quick
+        :data:`~cikabm.bench.config.QUICK_REPEATS`). The full suite takes them in rounds
         (:func:`round_sizes`), each round one worker per thread count in
         turn; ``quick`` times them all in one worker per thread count. The
-        Mesa reference runs at most :data:`MESA_REPEATS` of them.
+        Mesa reference runs at most :data:`~cikabm.bench.config.MESA_REPEATS` of them.
     machine_name : str, optional
         Name recorded for the machine (default: :func:`default_machine_name`).
     cold_compile : bool, optional
@@ -347,7 +334,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         The command line, recorded in the report.
     busy : bool, default True
         Also run the busy-machine case (:mod:`cikabm.bench.busy`) on
-        :data:`BUSY_CONFIG` or the first strong-scaling configuration.
+        :data:`~cikabm.bench.config.BUSY_CONFIG` or the first strong-scaling configuration.
     progress : callable, optional
         Receives one line of text per step of progress.
 
@@ -362,11 +349,12 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         If a worker process fails.
     """
     emit = progress or (lambda message: None)
-    chosen = [CONFIGS[c] if isinstance(c, str) else c for c in (configs or (QUICK_SET if quick else FULL_SET))]
+    names = configs or (cfg.QUICK_SET if quick else cfg.FULL_SET)
+    chosen = [cfg.CONFIGS[c] if isinstance(c, str) else c for c in names]
     threads = sorted(set(threads or default_threads()))
     if threads[0] < 1:
         raise ValueError(f"threads {threads}: every count must be at least 1")
-    repeats = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
+    repeats = repeats or (cfg.QUICK_REPEATS if quick else cfg.DEFAULT_REPEATS)
     cold_compile = (not quick) if cold_compile is None else cold_compile
     cores = os.cpu_count() or 1
     start = datetime.now(UTC)
@@ -374,7 +362,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     have_mesa = mesa_available()
     report: dict[str, Any] = {
         "benchmark": "cikabm-bench",
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": cfg.SCHEMA_VERSION,
         "cikabm_version": _cikabm_version(),
         "created_utc": start.isoformat(timespec="seconds"),
         "command": command,
@@ -383,7 +371,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         "settings": {"configurations": [c.name for c in chosen], "threads": threads, "repeats": repeats,
                      "workers": "one per configuration and thread count n: NUMBA_NUM_THREADS = n, "
                                 "pinned to n CPUs (all CPUs when n exceeds them)"},
-        "definitions": DEFINITIONS,
+        "definitions": cfg.DEFINITIONS,
         "compile": {},
         "configurations": {},
         "mesa": {"available": have_mesa},
@@ -402,7 +390,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
         rounds = len(per_round)
         # The Mesa reference's repeats run in the same rounds, right after the
         # kernel's workers: a slow spell of the machine then falls on both alike.
-        mesa_rounds = round_sizes(min(repeats, MESA_REPEATS), quick) if config.mesa and have_mesa else []
+        mesa_rounds = round_sizes(min(repeats, cfg.MESA_REPEATS), quick) if config.mesa and have_mesa else []
         parts: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
         for round_, per_worker in enumerate(per_round):
             for n in counts:
@@ -454,13 +442,13 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
             entry["mesa"] = comparison
             report["mesa"]["configurations"].append(config.name)
             report["mesa"]["mesa_ratio"] = comparison["mesa_ratio"]
-    busy_config = next((c for c in chosen if c.name == BUSY_CONFIG), None) or next(
+    busy_config = next((c for c in chosen if c.name == cfg.BUSY_CONFIG), None) or next(
         (c for c in chosen if c.kind == "strong"), None)
     if busy and busy_config is not None:
         # Rounds of one repeat per thread count, alternating; the full suite adds the active-wait run.
-        report["busy_machine"] = run_busy_case(busy_config, repeats=QUICK_REPEATS if quick else ROUNDS, quick=quick,
-                                               run_worker=_run_worker, worker_env=_worker_env,
-                                               active_wait=not quick, emit=emit)
+        report["busy_machine"] = run_busy_case(
+            busy_config, repeats=cfg.QUICK_REPEATS if quick else cfg.ROUNDS, quick=quick,
+            run_worker=_run_worker, worker_env=_worker_env, active_wait=not quick, emit=emit)
     if cold_compile:
         emit("cold compile (empty Numba cache)")
         with tempfile.TemporaryDirectory(prefix="cikabm_bench_cache_") as cache:
@@ -514,11 +502,11 @@ def parse_threads(text: str) -> list[int]:
 
 
 def parse_configs(text: str) -> list[str]:
-    """``"2d_256,2d_1024"`` -> names in :data:`CONFIGS`; raise ValueError naming an unknown one."""
+    """``"2d_256,2d_1024"`` -> names in :data:`~cikabm.bench.config.CONFIGS`; raise ValueError naming an unknown one."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise ValueError("no configuration given")
     for name in names:
-        if name not in CONFIGS:
-            raise ValueError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
+        if name not in cfg.CONFIGS:
+            raise ValueError(f"unknown configuration {name!r}; known: {', '.join(cfg.CONFIGS)}")
     return list(dict.fromkeys(names))

@@ -1564,7 +1564,16 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
     if n_dead > 0 and counters[0] + n_cik + n_ctl > eff.pos.shape[0]:
         compact_effectors(eff, counters)
         n_dead = 0
+    # Sites without an effector: when none is left, every later arrival of this step would fail its
+    # tries, so they are counted (uid and drop, as a failed placement does) without drawing any site.
+    # A flooded supply then costs what the lattice holds, not what effectors.capacity allows.
+    free_sites = geom.nz * geom.ny * geom.nx - (counters[0] - n_dead)
     for a in range(n_cik + n_ctl):
+        if free_sites <= 0:
+            rest = n_cik + n_ctl - a
+            counters[1] += rest
+            counters[2] += rest
+            break
         if a < n_cik:
             u = uniform(draw(key_kind, counters[1]))
             kind = KIND_NK
@@ -1577,6 +1586,7 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
         if add_effector(lat, eff, counters, geom, kind, prm.granules_initial, step, key, 32, key_match,
                         prm.thr_tcr_match[kind]):
             arrivals[kind] += 1
+            free_sites -= 1
     return n_dead
 
 
