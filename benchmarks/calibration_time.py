@@ -20,8 +20,8 @@ from pathlib import Path
 
 from machine import machine_info, write_report
 
-import cikabm
 from cikabm.calibrate import calibrate_adjuvant
+from cikabm.io import provenance
 from cikabm.scenario import load_scenario
 from cikabm.trial import CohortRunner, dask_client, simulate_chunk
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     report = {
         "benchmark": "calibration_time",
-        "cikabm_version": cikabm.__version__,
+        **provenance(),
         "machine": {**machine_info(), "workers": args.workers},
         "scenario": str(SCENARIO.relative_to(ROOT)),
         "cohorts": args.cohorts, "patients_per_cohort": result.patients_per_cohort,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from machine import machine_info, write_report
 
-import cikabm
+from cikabm.io import provenance
 from cikabm.scenario import load_scenario
 from cikabm.trial import run_trial, simulate_chunk
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "benchmark": "trial_throughput",
-        "cikabm_version": cikabm.__version__,
+        **provenance(),
         "machine": {
             **machine_info(),
             "dask": package_version("dask"),

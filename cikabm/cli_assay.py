@@ -150,7 +150,7 @@ def cmd_assay(args: argparse.Namespace) -> int:
     def writer(tmp: Path) -> None:
         from matplotlib.figure import Figure
 
-        from cikabm.io import atomic_write_json, to_jsonable
+        from cikabm.io import atomic_write_json, provenance, to_jsonable
         from cikabm.plotting import plot_assay
 
         table.to_csv(tmp / "assay.csv", index=False, lineterminator="\n", float_format="%.6g")
@@ -159,7 +159,7 @@ def cmd_assay(args: argparse.Namespace) -> int:
         plot_assay(result, ax=fig.add_subplot())
         fig.savefig(tmp / "assay.png", dpi=120)
         atomic_write_json(tmp / "summary.json", to_jsonable({
-            "scenario": scenario.scenario.name, "design": design.__dict__, "et_ratios": ets,
+            "scenario": scenario.scenario.name, **provenance(), "design": design.__dict__, "et_ratios": ets,
             "conditions": [c.__dict__ for c in conditions], "anchor": result.anchor,
             "table": table.to_dict(orient="records"),
             "blocking_fall": {"table": fall.to_dict(orient="records"), "source": NKG2D_BLOCKING_SOURCE}}))

@@ -21,8 +21,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputBusyError", "atomic_write_json", "atomic_write_text", "is_own_output", "output_lock",
-           "to_jsonable", "write_output_dir", "writes_into_out"]
+__all__ = ["OutputBusyError", "atomic_write_json", "atomic_write_parquet", "atomic_write_text", "is_own_output",
+           "output_lock", "parquet_provenance", "provenance", "to_jsonable", "write_output_dir", "writes_into_out"]
+
+#: The key of :func:`provenance` in a Parquet file's schema metadata.
+PARQUET_PROVENANCE_KEY = b"cikabm"
 
 #: The folder in which a trial keeps its finished patients; it is a trial's own
 #: only with the manifest the trial writes in it, so a user's folder of that
@@ -331,6 +334,46 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def provenance() -> dict[str, Any]:
+    """What made a result: the package version and the random-stream layout
+    (:data:`cikabm.kernels.STREAM_VERSION`), written into every summary and table."""
+    from cikabm import __version__
+    from cikabm.kernels import STREAM_VERSION
+
+    return {"cikabm_version": __version__, "stream_version": STREAM_VERSION}
+
+
+def atomic_write_parquet(frame: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a DataFrame to Parquet atomically, :func:`provenance` in its schema metadata.
+
+    Read it back with :func:`parquet_provenance`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = dict(table.schema.metadata or {})
+    metadata[PARQUET_PROVENANCE_KEY] = json.dumps(provenance()).encode()
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parquet_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The :func:`provenance` a Parquet file was written with (empty if none)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(PARQUET_PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cikabm.io import atomic_write_json, to_jsonable, writes_into_out
+from cikabm.io import atomic_write_json, provenance, to_jsonable, writes_into_out
 from cikabm.trial_params import TrialScenario
 
 #: What ``cikabm trial --replicates`` writes into its output folder (see :data:`cikabm.trial.TRIAL_OUTPUTS`).
@@ -140,7 +140,7 @@ def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients:
             rows.extend(replicate_rows(run.summary, r, s))
             summaries.append(json.loads(json.dumps(to_jsonable(run.summary))))  # as summary.json holds it
     table = pd.DataFrame(rows)
-    summary = {"scenario": ts.scenario.name, "replicates": n_replicates, "seeds": seeds,
+    summary = {"scenario": ts.scenario.name, **provenance(), "replicates": n_replicates, "seeds": seeds,
                "patients": patients or ts.trial.patients, "reference_arm": ts.trial.reference_arm,
                "endpoints": summarise(table),
                "published": [p.model_dump(mode="json") for p in ts.published]}

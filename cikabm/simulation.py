@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cikabm import __version__
 from cikabm.convert import Discretisation, kernel_parameters
+from cikabm.io import provenance
 from cikabm.kernels import core
 from cikabm.kernels.geometry import Geometry, flat_index, interior_view, n_sites
 from cikabm.params import KIND_KEYS, Scenario
@@ -194,7 +194,7 @@ class Results:
             "scenario": sc.scenario.name,
             "seed": self.seed,
             "patient": self.patient,
-            "cikabm_version": __version__,
+            **provenance(),
             "dims": sc.dims,
             "lattice_shape": list(sc.lattice.shape),
             "duration_days": float(self.record_days[-1]),

@@ -40,7 +40,15 @@ import pandas as pd
 
 from cikabm import __version__
 from cikabm.course import clinical_course, outcome_row, progression_day
-from cikabm.io import CHUNK_DIR, CHUNK_MANIFEST, atomic_write_json, to_jsonable, writes_into_out
+from cikabm.io import (
+    CHUNK_DIR,
+    CHUNK_MANIFEST,
+    atomic_write_json,
+    atomic_write_parquet,
+    provenance,
+    to_jsonable,
+    writes_into_out,
+)
 from cikabm.kernels.compartment import EXTINCT
 from cikabm.lesions import DE_NOVO, MICROMETASTASIS, Lesion, compartment_inputs, draw_lesions, lesion_course
 from cikabm.patients import (
@@ -298,9 +306,7 @@ def _chunks(n_patients: int, size: int) -> list[list[int]]:
 def _write_chunk(chunk_dir: Path, index: int, frame: pd.DataFrame, manifest: dict[str, Any]) -> None:
     """Write chunk ``index`` atomically and record its checksum in the manifest (what ``--resume`` trusts)."""
     path = _chunk_path(chunk_dir, index)
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_parquet(frame, path)
     manifest["chunks"][path.name] = _file_sha256(path)
     atomic_write_json(chunk_dir / CHUNK_MANIFEST, manifest)
 
@@ -399,7 +405,7 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         "setting": ts.trial.setting,
         "arms": [a.name for a in ts.arms],
         "reference_arm": ts.trial.reference_arm,
-        "cikabm_version": __version__,
+        **provenance(),
         "endpoints": trial_summary(patients_df, reference_arm=ts.trial.reference_arm,
                                    follow_up_months=ts.trial.follow_up_months),
         "scenario_parameters": ts.model_dump(mode="json"),
@@ -413,9 +419,7 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         ref = ts.trial.reference_arm
         summary["mechanism"] = {f"{a.name}_vs_{ref}": mechanism_breakdown(patients_df, a.name, ref)
                                 for a in ts.arms if a.name != ref}
-    tmp = out / "patients.parquet.tmp"
-    patients_df.to_parquet(tmp, index=False)
-    tmp.replace(out / "patients.parquet")
+    atomic_write_parquet(patients_df, out / "patients.parquet")
     atomic_write_json(out / "summary.json", to_jsonable(summary))
     written = {Path(p).name for p in save_km_figures(patients_df, out)}
     for stale in out.glob("km_*.png"):  # an earlier run's figure of an endpoint this one lacks

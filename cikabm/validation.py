@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from cikabm.io import atomic_write_json, to_jsonable, writes_into_out
+from cikabm.io import atomic_write_json, provenance, to_jsonable, writes_into_out
 from cikabm.modeldoc import markdown_table
 from cikabm.replicates import ReplicateRun, distribution, run_replicates
 from cikabm.trial_params import PublishedValue, TrialScenario
@@ -159,7 +159,7 @@ def run_validation(scenarios: list[tuple[Path, TrialScenario]], out: Path, repli
     rows.extend(assay_row())
     table = pd.DataFrame(rows)
     meta = {"replicates": replicates, "patients": patients, "scenarios": [str(p) for p, _ in scenarios]}
-    atomic_write_json(out / "validation.json", to_jsonable({**meta, "rows": rows}))
+    atomic_write_json(out / "validation.json", to_jsonable({**provenance(), **meta, "rows": rows}))
     tmp = out / "validation.csv.tmp"
     table[list(COLUMNS)].to_csv(tmp, index=False)
     tmp.replace(out / "validation.csv")

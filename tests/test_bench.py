@@ -23,6 +23,7 @@ import pytest
 from cikabm import bench
 from cikabm.bench import suite
 from cikabm.cli import main
+from cikabm.kernels import STREAM_VERSION
 from cikabm.kernels.core import PASS_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_quick_run_writes_bench_json_with_documented_keys(quick_run: dict[str, Any]):
     assert quick_run["rc"] == 0, quick_run["stderr"]
     report = quick_run["report"]
-    assert report["quick"] is True
+    assert report["quick"] is True and report["stream_version"] == STREAM_VERSION
     assert report["machine"]["name"] == "test-box"
     for key in ("cpu", "cores", "python", "numba", "numpy", "threading_layer"):
         assert report["machine"][key], key

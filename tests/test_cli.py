@@ -16,6 +16,7 @@ import pytest
 from cikabm import __version__
 from cikabm.cli import main
 from cikabm.io import RUN_OUTPUTS
+from cikabm.kernels import STREAM_VERSION
 from cikabm.modeldoc import parameter_rows
 from cikabm.params import KIND_KEYS
 
@@ -97,6 +98,7 @@ def test_run_writes_all_files(tiny: Path, tmp_path: Path, capsys: pytest.Capture
 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["scenario"] == "tiny" and summary["seed"] == 3
+    assert summary["stream_version"] == STREAM_VERSION
     assert summary["scenario_parameters"]["lattice"]["shape"] == [40, 40]
     assert [row["kind"] for row in summary["kills_table"]] == list(KIND_KEYS)
     assert summary["kills_total"] == int(frame["kills_total"].iloc[-1])

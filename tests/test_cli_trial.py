@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from cikabm.cli import main
+from cikabm.io import parquet_provenance, provenance
+from cikabm.kernels import STREAM_VERSION
 
 TINY_TRIAL = """
 [scenario]
@@ -63,6 +65,9 @@ def test_trial_writes_parquet_summary_and_km(tmp_path, capsys):
         assert col in patients.columns
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 3 and summary["cikabm_version"]
+    # What made the rows: the package and the random-stream layout, in the summary and in the table itself.
+    assert summary["stream_version"] == STREAM_VERSION
+    assert parquet_provenance(out / "patients.parquet") == provenance()
     rfs = summary["endpoints"]["rfs"]
     for arm in ("control", "cik"):
         assert {"median_months", "ci_low", "ci_high"} <= set(rfs["arms"][arm])

@@ -73,6 +73,7 @@ from cikabm.bench.worker import (
     default_machine_name,
     machine_info,
 )
+from cikabm.io import provenance
 
 __all__ = [
     "mesa_available",
@@ -363,7 +364,7 @@ def run_suite(configs: Sequence[BenchConfig | str] | None = None, *, quick: bool
     report: dict[str, Any] = {
         "benchmark": "cikabm-bench",
         "schema_version": cfg.SCHEMA_VERSION,
-        "cikabm_version": _cikabm_version(),
+        **provenance(),
         "created_utc": start.isoformat(timespec="seconds"),
         "command": command,
         "quick": quick,
@@ -479,12 +480,6 @@ def _load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
-
-
-def _cikabm_version() -> str:
-    from cikabm import __version__
-
-    return __version__
 
 
 
