@@ -212,18 +212,11 @@ def _lattice_phase(ts: TrialScenario, region: Scenario, lesion: Lesion, seed: in
         d = sim.disc
         sim.disc = dataclasses.replace(d, mean_cik_arrivals=cik_arrivals_per_step(
             region, n_sites(d.geometry), d.n_steps, d.dt_days, shift_days=lesion.onset_day))
-    steps = max(1, round(adj.check_every_days / sim.disc.dt_days))
-    status = ck.RAN_TO_END
-    while sim.step < sim.disc.n_steps:
-        sim.advance(min(steps, sim.disc.n_steps - sim.step))
-        live = sim.lattice.cell == core.LIVE
-        n = int(np.count_nonzero(live))
-        if n == 0:
-            status = ck.EXTINCT
-            break
-        if n >= adj.handoff_cells:
-            break
+    # Checked every check_every_days (at least every step) for extinction or hand-off, in compiled code.
+    sim.advance(sim.disc.n_steps, check_every=max(1, round(adj.check_every_days / sim.disc.dt_days)),
+                stop_cells=adj.handoff_cells)
     live = sim.lattice.cell == core.LIVE
+    status = ck.EXTINCT if not live.any() else ck.RAN_TO_END
     lost = int(np.count_nonzero(live & (sim.lattice.mhc_lost == 1)))
     tumour_counts = np.array([np.count_nonzero(live) - lost, lost], dtype=np.float64)
     n_eff = int(sim.counters[0])

@@ -431,18 +431,24 @@ class Simulation:
                                              prm.thr_tcr_match[kind]))
         return placed
 
-    def advance(self, n_steps: int) -> None:
-        """Advance ``n_steps`` steps (records are written on record steps)."""
+    def advance(self, n_steps: int, *, check_every: int = 0, stop_cells: int = 0) -> int:
+        """Advance ``n_steps`` steps (records are written on record steps); return the steps run.
+
+        With ``check_every`` > 0 the live tumour cells are counted every
+        ``check_every`` steps and at the end, and the run stops at the first
+        count that is 0 or at least ``stop_cells`` (when > 0), all in
+        compiled code (:func:`cikabm.kernels.core.run_steps`).
+        """
         d = self.disc
-        end = min(self.step + n_steps, d.n_steps)
+        begin, end = self.step, min(self.step + n_steps, d.n_steps)
         if self.step == 0:  # again: effectors may have been placed since construction
             self._record_initial()
-        core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
-                       self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
-                       self.step, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
-                       self.records, self.row_counts, numba.get_num_threads(), PARALLEL_MIN_SITES,
-                       self.pass_ticks)
-        self.step = end
+        self.step = core.run_steps(self.lattice, self.effectors, self.ifn, self.ifn_tmp, self.counters,
+                                   self.kills, self.arrivals, d.geometry, d.params, self.seed, self.patient,
+                                   begin, end, d.mean_cik_arrivals, d.mean_ctl_arrivals, d.record_every,
+                                   self.records, self.row_counts, numba.get_num_threads(), PARALLEL_MIN_SITES,
+                                   self.pass_ticks, check_every, stop_cells)
+        return self.step - begin
 
     def time_by_pass(self) -> dict[str, float] | None:
         """Share of the kernel's time spent in each pass of the step, over every step run so far.

@@ -109,6 +109,28 @@ def test_advance_in_chunks_equals_one_run(chunks):
     np.testing.assert_array_equal(res.records, whole.records)
 
 
+@pytest.mark.parametrize(("check_every", "stop_cells"), [(7, 10**6), (18, 700), (1, 602), (50, 1)])
+def test_stop_checks_in_the_kernel_equal_the_checks_between_calls(check_every, stop_cells):
+    """``advance(check_every=, stop_cells=)`` stops where a loop of calls that counts the live cells after
+    each would, in the same state; a count of 0 stops it too."""
+    sc = make_scenario(LIVELY)
+    compiled = Simulation(sc, seed=8, threads=1)
+    ran = compiled.advance(compiled.disc.n_steps, check_every=check_every, stop_cells=stop_cells)
+    loop = Simulation(sc, seed=8, threads=1)
+    while loop.step < loop.disc.n_steps:
+        loop.advance(check_every)
+        live = int(np.count_nonzero(loop.lattice.cell == core.LIVE))
+        if live == 0 or live >= stop_cells:
+            break
+    assert ran == compiled.step == loop.step
+    assert_same_state(compiled, loop)
+    live = int(np.count_nonzero(compiled.lattice.cell == core.LIVE))
+    if stop_cells > 604:  # 600 cells at the start, at most 604 (this tumour shrinks under the CTLs)
+        assert compiled.step == compiled.disc.n_steps
+    else:  # reached (by 602 cells after a few steps; 1 cell at once)
+        assert compiled.step < compiled.disc.n_steps and live >= stop_cells
+
+
 def test_effectors_are_in_order_of_arrival_between_calls(monkeypatch):
     """Within a call the kernel stores effectors by site, again whenever arrivals pile up.
 

@@ -1748,10 +1748,28 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
 
 # ---------------------------------------------------------------- driver
 @njit(cache=True)
+def live_cells(cell, geom):
+    """Live tumour cells on the lattice."""
+    n = 0
+    for z in range(geom.nz):
+        for y in range(geom.ny):
+            row = ((z + geom.z0) * geom.py + (y + 1)) * geom.px + 1
+            for x in range(geom.nx):
+                n += cell[row + x] == LIVE
+    return n
+
+
+@njit(cache=True)
 def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed, patient,
               step_begin, step_end, mean_cik, mean_ctl, record_every, records, row_counts,
-              n_threads, parallel_min, pass_ticks):
-    """Advance the model from ``step_begin`` to ``step_end`` (exclusive).
+              n_threads, parallel_min, pass_ticks, check_every=0, stop_cells=0):
+    """Advance the model from ``step_begin`` to ``step_end`` (exclusive); return the step reached.
+
+    With ``check_every`` > 0 the live tumour cells are counted every
+    ``check_every`` steps from ``step_begin`` and after the last step, and
+    the run stops early, after such a check, when there are none or at
+    least ``stop_cells`` (> 0): the checks of a lesion's lattice phase,
+    without a return to Python between them.
 
     ``mean_cik[step]`` is the expected number of CIK arrivals in that step;
     ``mean_ctl`` the constant expected CTL arrivals per step. After each step
@@ -1784,6 +1802,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
     uid_stored = counters[1]  # effectors of uid >= this arrived after the last store by site
     n_dead = 0  # dead effectors not yet compacted away
+    reached = step_end
     for step in range(step_begin, step_end):
         t0 = cycle_counter()
         dead_before = n_dead
@@ -1825,6 +1844,12 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
             record(records[(step + 1) // record_every], lat, eff, counters, kills, arrivals,
                    geom, prm, ifn, row_counts, lattice_parallel)
             pass_ticks[5] += cycle_counter() - t5
+        if check_every > 0 and ((step + 1 - step_begin) % check_every == 0 or step + 1 == step_end):
+            n_live = live_cells(lat.cell, geom)
+            if n_live == 0 or (stop_cells > 0 and n_live >= stop_cells):
+                reached = step + 1
+                break
     if n_dead > 0:
         compact_effectors(eff, counters)
     _store_by_arrival(eff, counters, _order_buffers(eff)[1])
+    return reached
