@@ -873,9 +873,10 @@ def _layer(packed, three_d, sx, sy, my):
     return packed >> (sx + sy) if three_d else (packed >> sx) & my
 
 
-@njit(cache=True)
-def _set_zones(n_strips, hist, zone_of):
-    """Strip boundaries at quantiles of ``hist`` (effectors per layer) and the zone of every layer."""
+@njit(cache=True, _nrt=False)
+def _set_zones(n_strips, hist, zone_of, bounds):
+    """Strip boundaries (into ``bounds``, at least ``n_strips + 1`` long) at quantiles of ``hist``
+    (effectors per layer) and the zone of every layer."""
     n_u = hist.shape[0]
     if n_strips == 1:
         zone_of[:] = 0
@@ -883,7 +884,6 @@ def _set_zones(n_strips, hist, zone_of):
     n_live = 0
     for u in range(n_u):
         n_live += hist[u]
-    bounds = np.empty(n_strips + 1, np.int64)
     bounds[0] = 1  # layers 1 .. n_u - 2 are interior
     bounds[n_strips] = n_u - 1
     k = 1
@@ -904,15 +904,16 @@ def _set_zones(n_strips, hist, zone_of):
                 zone_of[u] = k
 
 
-@njit(cache=True)
-def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, shape, zone_of, hist, n_strips):
+@njit(cache=True, _nrt=False)
+def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, shape, zone_of, hist, bounds,
+                n_strips):
     """Counting sort of the live effectors ``i0 .. i1 - 1`` into buckets: one source.
 
     ``klass[i]`` becomes ``packed_coordinates << 16 | bucket`` (-1 for a dead
     effector: it is in no bucket and is not updated again); bucket ``b`` is
     ``order[base + counts[b]:base + counts[b + 1]]``. With ``hist`` non-empty,
     the effectors per layer are counted into it first and the zones set from
-    them (:func:`_set_zones` for ``n_strips``). Returns the number sorted.
+    them (:func:`_set_zones` for ``n_strips``, into ``bounds``). Returns the number sorted.
     """
     three_d = geom.dims == 3
     pz, py, px = geom.pz, geom.py, geom.px
@@ -936,7 +937,7 @@ def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, s
         if set_zones:
             hist[z if three_d else y] += 1
     if set_zones:
-        _set_zones(n_strips, hist, zone_of)
+        _set_zones(n_strips, hist, zone_of, bounds)
     counts[:] = 0
     n = 0
     for i in range(i0, i1):  # buckets
@@ -975,7 +976,7 @@ _PREFETCH_MIN_SITES = 1 << 18
 # one effector is written out inside the loop on purpose: an inlined function
 # taking arrays costs a reference-count increment and decrement of each array
 # on every call.
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                  cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
                  e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
@@ -1237,7 +1238,7 @@ def _order_buffers(eff):
     return both[:capacity], both[capacity:]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, amount):
     """Add ``amount`` to the field cell of every engaged effector (the zones' secretion lists)."""
     for zone in range(n_zones):
@@ -1270,6 +1271,7 @@ class EffectorWork(NamedTuple):
     cnext: np.ndarray  # int64[N_CLASSES, n_neighbours + 1]: colour class after each move
     hist: np.ndarray  # int64[n_u]: effectors per layer, for the strip boundaries
     zone_of: np.ndarray  # int64[n_u]: zone of every layer
+    bounds: np.ndarray  # int64[max_strips + 1]: the strips' first layers (_set_zones)
     loff: np.ndarray  # int64[2, max_strips + 2, (max_strips + 1) * N_CLASSES + 1]: bucket offsets per source
     seg: np.ndarray  # int64[2, max_strips + 3]: segment start of every source
     kz: np.ndarray  # int64[max_strips + 1, 17]: kills per zone (16), deaths (1)
@@ -1291,13 +1293,17 @@ def effector_work(geom, prm, max_strips):
     shape, dp, cnext = _move_tables(geom)
     kf, ku, thr, ff, level = _effector_tables(prm)
     return EffectorWork(_site_tables(geom), shape, dp, cnext, np.zeros(n_u, np.int64), np.zeros(n_u, np.int64),
+                        np.zeros(m + 1, np.int64),
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
                         np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
                         np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
                         np.empty(8, np.uint64))
 
 
-@njit(cache=True)
+# No reference counting in the sub-steps (nothing in them allocates): with it, every array taken out of
+# the state tuples, sliced or passed on cost an atomic increment and decrement, a quarter of a small
+# lesion's run time.
+@njit(cache=True, _nrt=False)
 def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step, work, n_strips):
     """All motility sub-steps of one step (step order item 4 and secretion).
 
@@ -1357,13 +1363,13 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         if (sub == 0 and full_sort) or prm.well_mixed:
             seg[0] = 0
             _sort_range(0, n_eff, e_pos, e_alive, klass, order, loff[0], 0, geom, tab, shape, zone_of,
-                        hist if sub == 0 else no_hist, n_strips)
+                        hist if sub == 0 else no_hist, work.bounds, n_strips)
             n_src = 1
         elif sub == 0:  # the last sub-step's zones, and this step's arrivals as one more source
             n_src = state[_N_SRC]
             seg[n_src] = seg[n_src - 1] + loff[n_src - 1, n_buckets]
             _sort_range(state[_LISTED], n_eff, e_pos, e_alive, klass, order, loff[n_src], seg[n_src], geom, tab,
-                        shape, zone_of, no_hist, n_strips)
+                        shape, zone_of, no_hist, work.bounds, n_strips)
             n_src += 1
         else:
             n_src = n_zones
