@@ -1020,7 +1020,7 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     px = tab.shape[0] - pz - py
     plane = py * px
     use_prefetch = cell.shape[0] > _PREFETCH_MIN_SITES
-    for c in range(N_CLASSES):
+    for c in range(N_CLASSES if three_d else 9):  # (2D: classes 9 .. 26 are always empty)
         for src in range(n_src):
             j_end = seg[src] + loff[src, b0 + c + 1]
             for j in range(seg[src] + loff[src, b0 + c], j_end):
@@ -1238,6 +1238,16 @@ def _order_buffers(eff):
     return both[:capacity], both[capacity:]
 
 
+@njit(cache=True, inline="always")
+def _zone_is_empty(zone, n_src, loff):
+    """True when no source lists an effector in ``zone``'s buckets."""
+    b0 = zone * N_CLASSES
+    for src in range(n_src):
+        if loff[src, b0 + N_CLASSES] != loff[src, b0]:
+            return False
+    return True
+
+
 @njit(cache=True, _nrt=False)
 def _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, amount):
     """Add ``amount`` to the field cell of every engaged effector (the zones' secretion lists)."""
@@ -1389,6 +1399,11 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                                     e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
                                     three_d, pz, py, tab, shape, dp, cnext, zone_of)
         for zone in range(0 if n_strips == 1 else n_strips, n_zones):
+            if _zone_is_empty(zone, n_src, loff):  # (serially, the margin zone always is)
+                if not prm.well_mixed:
+                    next_loff[zone, :] = 0
+                nsec[zone] = 0
+                continue
             _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                          cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
                          e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
