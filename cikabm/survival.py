@@ -31,6 +31,7 @@ matplotlib object API except where :func:`plot_km` has to make a new figure.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -217,8 +218,28 @@ def _first_sentence(message: str) -> str:
     return text if cut < 0 else text[: cut + 1]
 
 
+#: Results of :func:`_compare` by content (a trial's summary and its KM figures compare the same arms:
+#: the Cox fits are made once). Small: the latest comparisons only.
+_COMPARISONS: dict[bytes, dict[str, Any]] = {}
+_COMPARISONS_KEPT = 64
+
+
 def _compare(arm_data: pd.DataFrame, ref_data: pd.DataFrame, arm: str, ref: str) -> dict[str, Any]:
-    """Cox hazard ratio (arm vs ref), its 95 % CI, Wald p and the log-rank p."""
+    """Cox hazard ratio (arm vs ref), its 95 % CI, Wald p and the log-rank p (cached by content)."""
+    digest = hashlib.sha256()
+    for part in (arm_data["T"], arm_data["E"], ref_data["T"], ref_data["E"]):
+        values = np.ascontiguousarray(part.to_numpy(dtype=np.float64))
+        digest.update(values.shape[0].to_bytes(8, "little") + values.tobytes())
+    digest.update(f"{arm}\0{ref}".encode())
+    key = digest.digest()
+    if key not in _COMPARISONS:
+        if len(_COMPARISONS) >= _COMPARISONS_KEPT:
+            _COMPARISONS.pop(next(iter(_COMPARISONS)))
+        _COMPARISONS[key] = _compare_uncached(arm_data, ref_data, arm, ref)
+    return dict(_COMPARISONS[key])
+
+
+def _compare_uncached(arm_data: pd.DataFrame, ref_data: pd.DataFrame, arm: str, ref: str) -> dict[str, Any]:
     out: dict[str, Any] = {"hr": None, "hr_ci_low": None, "hr_ci_high": None, "logrank_p": None, "cox_p": None}
     notes: list[str] = []
     n_arm, n_ref = len(arm_data), len(ref_data)

@@ -392,3 +392,20 @@ def test_terminal_summaries_never_print_nr():
     assert "cik     median not reached, 16.0 infusions; HR not estimable" in compared
     for printed in (text, compared):
         assert "NR" not in printed.replace("RFS", "")
+
+
+def test_comparisons_are_cached_by_content_and_returned_as_copies():
+    """A trial's summary and its KM figures compare the same arms: the second call reuses the first
+    Cox fit, gives the same numbers, and a caller changing its dict changes no later result."""
+    from cikabm.survival import _compare, _compare_uncached
+
+    rng = np.random.default_rng(5)
+    arm = pd.DataFrame({"T": rng.exponential(20, 80), "E": rng.random(80) < 0.7})
+    ref = pd.DataFrame({"T": rng.exponential(12, 80), "E": rng.random(80) < 0.7})
+    first = _compare(arm, ref, "cik", "control")
+    assert first == _compare_uncached(arm, ref, "cik", "control")
+    first["hr"] = -1.0
+    again = _compare(arm, ref, "cik", "control")
+    assert again["hr"] is not None and again["hr"] > 0
+    other = ref.assign(T=ref["T"] * 2.0)  # other content: another fit
+    assert _compare(arm, other, "cik", "control")["hr"] != again["hr"]
