@@ -1,19 +1,20 @@
-"""The floor of the tumour propose pass: what its random draws alone cost, against the whole pass.
+"""The floor of a draw per site and step, against the event-driven tumour propose pass.
 
-The propose pass (step order item 2) draws one counter-based number per site
-of each row's hull (every live tumour cell and the sites between them),
-``mix64(key ^ site * golden) >> 32``, and compares it with the event
-threshold (a site that is not live never passes). This script times, on the
-warmed-up state of the suite's ``2d_256`` configuration
-(:func:`cikabm.bench.bench_scenario`), one thread:
+Stream version 1's propose pass drew one counter-based number per site of
+each row's hull (every live tumour cell and the sites between them),
+``mix64(key ^ site * golden) >> 32``, and compared it with the event
+threshold; that draw was its floor. The event-driven pass (stream version 2)
+compares each hull site's ``wake`` step with the step and draws only for the
+cells due. This script times, on the warmed-up state of the suite's
+``2d_256`` configuration (:func:`cikabm.bench.bench_scenario`), one thread:
 
-* ``hash_only``: that draw and comparison for every site of the row hulls
-  (the sites the pass visits), in the same vectorised loop shape as the
-  kernel, and nothing else;
+* ``hash_only``: a draw and comparison for every site of the row hulls (the
+  sites the pass visits), in the kernel's vectorised loop shape, and nothing
+  else: version 1's floor;
 * ``propose_pass``: the kernel's whole propose pass on the same state
   (serial, with the row hulls of the state as the kernel carries them from
-  step to step), which adds the events (division proposals; no cell is made
-  to die, so that every repeat starts from the same lattice) and the hulls.
+  step to step), steps in turn from a fresh copy of the state each repeat;
+  no cell is made to die (those events become division attempts).
 
 Both are repeated ``--steps`` times with a new key each time and reported as
 microseconds per step and nanoseconds per visited site; the JSON goes to
@@ -45,6 +46,7 @@ from cikabm.scenario import scenario_from_dict
 from cikabm.simulation import Simulation
 
 HERE = Path(__file__).resolve().parent
+_NOT_LIVE = np.int64(1) << np.int64(40)  # added to a 32-bit draw: never below a threshold
 
 
 # Neither function is cached on disk: Numba's cache of a script's functions
@@ -72,7 +74,7 @@ def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
                 n_event = 0
                 for xu in range(ux0, np.uint64(min(x0 + core._CHUNK, hi))):
                     u = core.mix64(key ^ ((ubase + xu) * core._GOLDEN)) >> core._S32
-                    v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * core._NOT_LIVE
+                    v = np.int64(u) + np.int64(cell_row[xu] != core.LIVE) * _NOT_LIVE
                     draws[xu - ux0] = v
                     n_event += v < thr_i
                 events += n_event
@@ -80,15 +82,16 @@ def hash_only(cell, hull, nx, ny, z0, py, px, thr_event, steps):
 
 
 @njit(cache=False)
-def propose_loop(lat, geom, hull_prev, hull, thr_event, steps):
-    """The kernel's propose pass (serial), ``steps`` times with a new key each time.
+def propose_loop(lat, geom, hull_prev, hull, first_step, event_log_q, steps):
+    """The kernel's propose pass (serial) for ``steps`` steps from ``first_step``.
 
-    No cell dies (death threshold 0: those events become division attempts),
-    so the lattice stays as it was; proposals are overwritten by each pass.
+    No cell dies (death share 0: those events become division attempts);
+    proposals are overwritten by each pass.
     """
-    for step in range(steps):
-        key = core.stream_key(np.uint64(1), np.uint64(0), np.uint64(step), np.uint64(core.P_TUMOUR_EVENT))
-        core._propose_pass(lat, geom, hull_prev, hull, key, np.uint64(0), thr_event, False)
+    for step in range(first_step, first_step + steps):
+        keys = core.tumour_keys(1, 0, step)
+        core._propose_pass(lat, geom, hull_prev, hull, step, keys[0], keys[1], keys[2], np.uint64(0),
+                           event_log_q, 0.0, False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,25 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     sim.advance(144)  # the suite's warm-up
     d = sim.disc
     geom, prm = d.geometry, d.params
-    key0 = np.uint64(core.stream_key(1, 0, 0, core.P_TUMOUR_EVENT))
-    hull = core.tumour_propose(copy.deepcopy(sim.lattice), geom, key0, np.uint64(0), prm.thr_tumour_event, False)
+    first = sim.step
+    thr_event = core.threshold(-np.expm1(prm.event_log_q))  # version 1's threshold of the same probability
+    hull = core.tumour_propose(copy.deepcopy(sim.lattice), geom, first, core.tumour_keys(1, 0, first),
+                               np.uint64(0), prm.event_log_q, 0.0, False)
     hull_out = hull.copy()
     visited = int(np.clip(hull[:, 1] - hull[:, 0], 0, None).sum())
     live = int((sim.lattice.cell == core.LIVE).sum())
-    hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px, prm.thr_tumour_event, 1)
-    propose_loop(sim.lattice, geom, hull, hull_out, prm.thr_tumour_event, 1)  # compile or load both first
+    hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px, thr_event, 1)
+    propose_loop(copy.deepcopy(sim.lattice), geom, hull, hull_out, first, prm.event_log_q, 1)  # compile both
 
-    def timed(fn) -> float:
+    def timed(fn, fresh=lambda: None) -> float:
         times = []
         for _ in range(args.repeats):
+            state = fresh()
             t0 = time.perf_counter()
-            fn()
+            fn(state)
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    t_hash = timed(lambda: hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px,
-                                     prm.thr_tumour_event, args.steps))
-    t_pass = timed(lambda: propose_loop(sim.lattice, geom, hull, hull_out, prm.thr_tumour_event, args.steps))
+    t_hash = timed(lambda _: hash_only(sim.lattice.cell, hull, geom.nx, geom.ny, geom.z0, geom.py, geom.px,
+                                       thr_event, args.steps))
+    t_pass = timed(lambda lat: propose_loop(lat, geom, hull, hull_out, first, prm.event_log_q, args.steps),
+                   fresh=lambda: copy.deepcopy(sim.lattice))
     result = {
         "machine": machine_info(),
         "lattice": [256, 256],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cikabm.kernels.core import KernelParams, hazard_to_probability
+from cikabm.kernels.core import KernelParams, hazard_to_probability, no_event_log
 from cikabm.kernels.core import threshold as _threshold
 from cikabm.kernels.geometry import Geometry, make_geometry, n_sites
 from cikabm.params import KIND_KEYS, Scenario
@@ -112,8 +112,6 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
 
     tum = scenario.tumour
     total_rate = tum.division_rate_per_day + tum.death_rate_per_day
-    p_event = hazard_to_probability(total_rate, dt_d)
-    p_death = p_event * tum.death_rate_per_day / total_rate if total_rate > 0 else 0.0
 
     n_sub = motility_substeps(scenario)
     dt_sub_min = dt_min / n_sub
@@ -135,9 +133,10 @@ def kernel_parameters(scenario: Scenario) -> Discretisation:
     product_cum = np.cumsum(shares / shares.sum())
 
     params = KernelParams(
-        thr_tumour_death=threshold(p_death),
-        thr_tumour_event=threshold(p_event),
-        thr_clear=threshold(hazard_to_probability(1.0 / tum.clearance_time_hours, dt_h)),
+        thr_death_share=threshold(tum.death_rate_per_day / total_rate if total_rate > 0 else 0.0),
+        # Waiting times of the event-driven tumour: log(1 - p) of the per-step probabilities.
+        event_log_q=no_event_log(total_rate, dt_d),
+        clear_log_q=no_event_log(1.0 / tum.clearance_time_hours, dt_h),
         thr_mhc_loss=threshold(tum.mhc_loss_per_division),
         inherit_sd=float(tum.inheritance_sd),
         nkg2d_signal=nkg2d_signal_table(kill.nkg2d_half_saturation, kill.nkg2d_hill),

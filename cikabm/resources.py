@@ -29,8 +29,8 @@ from cikabm.kernels.geometry import make_geometry
 #: Memory of the interpreter with NumPy, Numba, pandas and Matplotlib loaded (about 250 MB measured).
 BASE_BYTES = 300 * 2**20
 #: Bytes of state per padded lattice site: seven uint8 arrays (cell, ligand, MHC, Fas, MHC lost,
-#: proposal, effector flag).
-LATTICE_BYTES_PER_SITE = 7
+#: proposal, effector flag) and the int32 step at which the cell there next acts (wake).
+LATTICE_BYTES_PER_SITE = 11
 #: Bytes of the IFN-gamma field per coarse cell (the field and its scratch copy, float64).
 FIELD_BYTES_PER_CELL = 16
 #: Bytes per effector slot (positions, target, uid, birth step, class and order as int64; eight uint8).

@@ -360,6 +360,7 @@ class Simulation:
             mhc_lost=np.zeros(size, np.uint8),
             proposal=np.zeros(size, np.uint8),
             has_effector=np.zeros(size, np.uint8),
+            wake=np.full(size, -1, np.int32),  # (an EMPTY site is never due: see LatticeState)
         )
         cap = self.scenario.effectors.capacity
         self.effectors = core.EffectorState(
@@ -382,7 +383,8 @@ class Simulation:
         tum = self.scenario.tumour
         sites = initial_tumour_sites(self.scenario, geom, self.seed, self.patient)
         core.seed_tumour(self.lattice, sites, self.seed, self.patient, tum.ligand_mean, tum.ligand_sd,
-                         tum.mhc_mean, tum.mhc_sd, tum.fas_mean, tum.fas_sd, tum.initial_mhc_lost_fraction)
+                         tum.mhc_mean, tum.mhc_sd, tum.fas_mean, tum.fas_sd, tum.initial_mhc_lost_fraction,
+                         self.disc.params.event_log_q)
         self.step = 0
         self._record_initial()
 

@@ -35,7 +35,7 @@ def tiny_lattice(shape=(7, 7), neighbourhood="moore"):
     size = geom.pz * geom.py * geom.px
     cell = np.full(size, core.WALL, np.uint8)
     interior_view(cell, geom)[...] = core.EMPTY
-    lat = core.LatticeState(cell, *(np.zeros(size, np.uint8) for _ in range(6)))
+    lat = core.LatticeState(cell, *(np.zeros(size, np.uint8) for _ in range(6)), np.full(size, -1, np.int32))
     return geom, lat
 
 
@@ -43,13 +43,28 @@ def key(i: int) -> np.uint64:
     return np.uint64(core.stream_key(3, 0, i, 77))
 
 
-def propose(lat, geom, k, thr_death=NEVER, thr_event=ALWAYS):
-    core.tumour_propose(lat, geom, k, np.uint64(thr_death), np.uint64(thr_event), False)
+#: ``log(1 - p)`` of a probability of 1 (every draw succeeds) and of 0 (none does).
+CERTAIN, IMPOSSIBLE = -1000.0, 0.0
 
 
-def resolve(lat, geom, i, thr_clear=NEVER, thr_loss=NEVER, inherit_sd=0.0):
-    core.tumour_resolve(lat, geom, key(i), key(i + 10**7), key(i + 2 * 10**7),
-                        np.uint64(thr_clear), np.uint64(thr_loss), inherit_sd, False)
+def make_due(lat, step, p=1.0, rng=None, state=core.LIVE):
+    """Make the cells in ``state`` due at ``step``, each with probability ``p``; the others not yet."""
+    sites = np.flatnonzero(lat.cell == state)
+    chosen = np.ones(sites.size, bool) if p >= 1.0 else rng.random(sites.size) < p
+    lat.wake[sites] = np.where(chosen, step, step + 1)
+
+
+def propose(lat, geom, step, death_share=0.0, clear_log_q=IMPOSSIBLE, due=True):
+    """The propose pass at ``step`` (every live cell due unless ``due`` is False)."""
+    if due:
+        make_due(lat, step)
+    core.tumour_propose(lat, geom, step, core.tumour_keys(3, 0, step), threshold(death_share), CERTAIN,
+                        clear_log_q, False)
+
+
+def resolve(lat, geom, step, thr_loss=NEVER, inherit_sd=0.0):
+    core.tumour_resolve(lat, geom, step, core.tumour_keys(3, 0, step), np.uint64(thr_loss), inherit_sd, CERTAIN,
+                        False)
 
 
 def wall_mask(sim: Simulation) -> np.ndarray:
@@ -108,7 +123,7 @@ def test_surrounded_cell_never_proposes():
     rim = block[block != centre]
     rim_proposed = 0
     for i in range(200):  # every cell draws "divide" every time
-        propose(lat, geom, key(i))
+        propose(lat, geom, i)
         assert lat.proposal[centre] == 0
         rim_proposed += np.count_nonzero(lat.proposal[rim])
     assert rim_proposed == 200 * len(rim)  # the rim always finds an empty neighbour
@@ -135,9 +150,10 @@ def test_division_only_into_empty_sites(shape, neighbourhood):
         lat.cell[inside] = rng.choice([core.EMPTY, core.LIVE, core.DYING], size=inside.size,
                                       p=[0.45, 0.45, 0.10]).astype(np.uint8)
         lat.ligand[inside] = rng.integers(1, 256, inside.size, dtype=np.uint8)
+        lat.wake[inside] = -1  # no dying cell due: none is cleared
         before = lat.cell.copy()
         ligand_before = lat.ligand.copy()
-        propose(lat, geom, key(trial))
+        propose(lat, geom, trial)
         src = np.flatnonzero(lat.proposal)
         assert np.all(before[src] == core.LIVE)
         tgt = src + geom.offsets[lat.proposal[src]]
@@ -146,7 +162,7 @@ def test_division_only_into_empty_sites(shape, neighbourhood):
         no_prop = inside[(before[inside] == core.LIVE) & (lat.proposal[inside] == 0)]
         nbh = no_prop[:, None] + geom.offsets[None, 1:]
         assert not (before[nbh] == core.EMPTY).any()
-        resolve(lat, geom, 1000 + trial)
+        resolve(lat, geom, trial)
         born = np.flatnonzero((before == core.EMPTY) & (lat.cell == core.LIVE))
         # one daughter per contested target, nothing else changes
         np.testing.assert_array_equal(born, np.unique(tgt))
@@ -174,11 +190,14 @@ def test_one_tumour_step_keeps_one_cell_per_site(shape, neighbourhood, density, 
     u = rng.random(inside.size)
     lat.cell[inside] = np.where(u < density, core.LIVE, np.where(u < density + 0.1, core.DYING, core.EMPTY))
     before = lat.cell.copy()
-    thr_event = threshold(0.7)
-    propose(lat, geom, key(step), thr_death=threshold(min(p_death, 0.7)), thr_event=thr_event)
+    step = step % 2**30  # (wake steps are int32)
+    make_due(lat, step, 0.7, rng)  # each live cell has an event with probability 0.7, ...
+    make_due(lat, step, p_clear, rng, state=core.DYING)  # ... each dying cell is cleared with p_clear
+    propose(lat, geom, step, death_share=min(p_death, 0.7) / 0.7, due=False,
+            clear_log_q=float(np.log1p(-p_clear)) if p_clear < 1.0 else CERTAIN)
     src = np.flatnonzero(lat.proposal)
     tgt = src + geom.offsets[lat.proposal[src]]
-    resolve(lat, geom, step + 1, thr_clear=threshold(p_clear))
+    resolve(lat, geom, step)
     after = lat.cell
     assert np.all(after[before == core.WALL] == core.WALL)
     changed = before != after
@@ -201,9 +220,9 @@ def test_contested_site_goes_to_one_proposer_chosen_fairly():
         lat.cell[ring] = core.LIVE
         lat.cell[centre] = core.EMPTY
         lat.ligand[ring] = np.arange(1, 9, dtype=np.uint8)
-        propose(lat, geom, key(i))
+        propose(lat, geom, i)
         assert np.all(lat.proposal[ring] != 0)
-        resolve(lat, geom, 50_000 + i)
+        resolve(lat, geom, i)
         assert lat.cell[centre] == core.LIVE
         assert np.all(lat.cell[ring] == core.LIVE)
         wins[lat.ligand[centre] - 1] += 1
@@ -213,16 +232,41 @@ def test_contested_site_goes_to_one_proposer_chosen_fairly():
 
 
 def test_death_and_clearance_in_the_propose_resolve_passes():
+    """A death draws the clearance step: never (probability 0), or at once (probability 1: cleared in the
+    same step's resolve pass)."""
     geom, lat = tiny_lattice((6, 6))
     inside = np.flatnonzero(lat.cell == core.EMPTY)
     lat.cell[inside] = core.LIVE
-    propose(lat, geom, key(1), thr_death=ALWAYS, thr_event=ALWAYS)
+    propose(lat, geom, 1, death_share=1.0, clear_log_q=IMPOSSIBLE)
     assert np.all(lat.cell[inside] == core.DYING)
     assert not lat.proposal.any()
-    resolve(lat, geom, 2, thr_clear=NEVER)
-    assert np.all(lat.cell[inside] == core.DYING)
-    resolve(lat, geom, 3, thr_clear=ALWAYS)
+    assert np.all(lat.wake[inside] == core.NEVER)
+    for step in (1, 2, 3):
+        resolve(lat, geom, step)
+        assert np.all(lat.cell[inside] == core.DYING)
+    lat.cell[inside] = core.LIVE
+    propose(lat, geom, 4, death_share=1.0, clear_log_q=CERTAIN)
+    assert np.all(lat.cell[inside] == core.DYING) and np.all(lat.wake[inside] == 4)
+    resolve(lat, geom, 4)
     assert np.all(lat.cell[inside] == core.EMPTY)
+
+
+@pytest.mark.parametrize("p", [0.003, 0.1, 0.6])
+def test_waiting_times_are_geometric(p):
+    """``wait_steps`` is the first success of a Bernoulli(p) draw per step: P(W = k) = (1 - p)^(k-1) p, so
+    P(W = 1) = p and E[W] = 1 / p (within 4 standard deviations)."""
+    n = 200_000
+    bits = np.empty(n, np.uint64)
+    core.hash_sites(key(31), np.arange(n, dtype=np.int64), bits)
+    log_q = float(np.log1p(-p))
+    waits = np.array([core.wait_steps(b, log_q) for b in bits])
+    assert waits.min() >= 1
+    ones = np.count_nonzero(waits == 1)
+    assert abs(ones - n * p) < 4 * np.sqrt(n * p * (1 - p))
+    sd_mean = np.sqrt((1 - p) / p**2 / n)
+    assert abs(waits.mean() - 1 / p) < 4 * sd_mean
+    assert core.wait_steps(bits[0], 0.0) == core.NEVER  # probability 0: never
+
 
 
 def test_hit_frequency_matches_probability():
@@ -346,7 +390,8 @@ def test_mhc_state_is_inherited_by_each_clone():
     sim = Simulation(sc, threads=1)
     geom = sim.disc.geometry
     left, right = flat_index(geom, np.array([[10, 12], [10, 47]]))
-    core.seed_tumour(sim.lattice, np.array([left, right]), 1, 0, 0.6, 0.0, 0.8, 0.0, 0.4, 0.0, 0.0)
+    core.seed_tumour(sim.lattice, np.array([left, right]), 1, 0, 0.6, 0.0, 0.8, 0.0, 0.4, 0.0, 0.0,
+                     sim.disc.params.event_log_q)
     sim.lattice.mhc_lost[left] = 1
     sim.advance(sim.disc.n_steps)
     live = interior_view(sim.lattice.cell, geom) == core.LIVE

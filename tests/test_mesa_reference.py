@@ -459,7 +459,7 @@ KERNEL_MUTANTS: dict[str, ParamChange] = {
     # measured max z: 32
     "engaged_effectors_secrete_no_ifn": lambda p: {"ifn_secretion": 0.0},
     # measured max z: 110
-    "dead_cells_never_cleared": lambda p: {"thr_clear": np.uint64(0)},
+    "dead_cells_never_cleared": lambda p: {"clear_log_q": 0.0},
     # measured max z: 17.6
     "no_activation_death": lambda p: {"thr_aicd": np.uint64(0)},
 }

@@ -6,4 +6,4 @@
 #: bit-identical results on any machine, thread or worker count; a new version may
 #: change every result (the calibrated scenarios are then refitted). Recorded in
 #: every ``summary.json``, ``bench.json`` and ``patients.parquet``.
-STREAM_VERSION = 1
+STREAM_VERSION = 2

@@ -101,7 +101,7 @@ EVENT_KILL = 2  # + 2 * mechanism + mhc_lost
 P_TUMOUR_EVENT = 1
 P_DIVISION_WINNER = 2
 P_INHERIT = 3
-P_CLEAR = 4
+# 4 (P_CLEAR, a draw per dying cell and step) was stream version 1's: clearance is drawn once now.
 P_EFF_DEATH = 5
 P_EFF_COMPLETE = 6
 P_EFF_REGEN = 7
@@ -116,6 +116,13 @@ P_POISSON = 15
 P_ARRIVAL_KIND = 16
 P_EFF_AICD = 17
 P_TCR_MATCH = 18
+P_TUMOUR_WAIT = 19  # steps to a live cell's next event, drawn at birth and after each event
+P_SEED_WAIT = 20  # ... of a seeded cell
+P_CLEAR_WAIT = 21  # steps from a natural death to clearance
+P_KILL_CLEAR = 22  # steps from a kill to clearance
+
+#: ``wake`` of a cell that never acts (a rate of 0): beyond any run (at most 1e8 steps).
+NEVER = 2**31 - 1
 
 MAX_SUBSTEPS = 16
 # The effector pass runs in strips when it has at least parallel_min / this
@@ -151,7 +158,7 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 
 # ---------------------------------------------------------------- state
 class LatticeState(NamedTuple):
-    """Per-site arrays (flat, padded). 7 bytes per site."""
+    """Per-site arrays (flat, padded). 11 bytes per site."""
 
     cell: np.ndarray  # uint8: EMPTY, LIVE, DYING, WALL
     ligand: np.ndarray  # uint8: NKG2D-ligand density L * 255
@@ -160,6 +167,8 @@ class LatticeState(NamedTuple):
     mhc_lost: np.ndarray  # uint8: 1 after irreversible genetic MHC loss
     proposal: np.ndarray  # uint8: division direction (0 none), scratch
     has_effector: np.ndarray  # uint8: 1 where an effector stands
+    wake: np.ndarray  # int32: the step at which the cell here next acts (LIVE: an event; DYING: clearance);
+    # on an EMPTY site a step in the past (-1 at the start), so that it is never due
 
 
 class EffectorState(NamedTuple):
@@ -184,9 +193,9 @@ class EffectorState(NamedTuple):
 class KernelParams(NamedTuple):
     """Per-step probabilities and dimensionless numbers (see ``cikabm.params``)."""
 
-    thr_tumour_death: np.uint64
-    thr_tumour_event: np.uint64  # death + division, competing
-    thr_clear: np.uint64
+    thr_death_share: np.uint64  # share of a live cell's events that are deaths
+    event_log_q: float  # log(1 - p) of a live cell's per-step event probability (death + division)
+    clear_log_q: float  # log(1 - p) of a dying cell's per-step clearance probability
     thr_mhc_loss: np.uint64
     inherit_sd: float
     nkg2d_signal: np.ndarray  # float64[256]: Hill response h(L) per ligand level
@@ -302,6 +311,36 @@ def hazard_to_probability(rate, dt):
     return -np.expm1(-rate * dt)
 
 
+@njit(cache=True, inline="always")
+def no_event_log(rate, dt):
+    """``log(1 - p)`` of :func:`hazard_to_probability`'s ``p``: ``-rate * dt`` (of :func:`wait_steps`).
+
+    At most -1000 (``p`` is 1 in double precision long before): finite for any rate.
+    """
+    return max(-rate * dt, -1000.0)
+
+
+@njit(cache=True, inline="always")
+def wait_steps(bits, log_q):
+    """Steps to the first success (>= 1) of a per-step probability ``p`` with ``log_q = log(1 - p)``.
+
+    Geometric by inversion of one uniform: exactly the distribution of the
+    first step at which a Bernoulli(p) draw per step succeeds. A probability
+    of 0 (``log_q = 0``) waits :data:`NEVER` steps.
+    """
+    if not log_q < 0.0:
+        return np.int64(NEVER)
+    w = 1.0 + np.floor(np.log(uniform(bits)) / log_q)
+    return np.int64(w) if w < NEVER else np.int64(NEVER)
+
+
+@njit(cache=True, inline="always")
+def wake_at(step, bits, log_q):
+    """The step ``wait_steps`` after ``step`` (at most :data:`NEVER`), as stored in ``wake``."""
+    w = step + wait_steps(bits, log_q)
+    return np.int32(w) if w < NEVER else np.int32(NEVER)
+
+
 @njit(cache=True)
 def threshold(p):
     """32-bit integer threshold for probability ``p`` (see :func:`hit`)."""
@@ -377,12 +416,15 @@ def _to_level(x):
 
 @njit(cache=True)
 def seed_tumour(lat, sites, seed, patient, ligand_mean, ligand_sd, mhc_mean, mhc_sd,
-                fas_mean, fas_sd, lost_fraction):
-    """Place live tumour cells on ``sites`` with drawn L, M, F and MHC-loss flag."""
+                fas_mean, fas_sd, lost_fraction, event_log_q):
+    """Place live tumour cells on ``sites`` with drawn L, M, F, MHC-loss flag and first event step
+    (step 0 is the first at which it may happen)."""
     key = stream_key(seed, patient, 0, P_SEED)
+    key_wait = stream_key(seed, patient, 0, P_SEED_WAIT)
     for i in range(sites.shape[0]):
         s = sites[i]
         lat.cell[s] = LIVE
+        lat.wake[s] = wake_at(-1, draw(key_wait, s), event_log_q)
         lat.ligand[s] = _to_level(ligand_mean + ligand_sd * normal(key, 4 * s))
         lat.mhc[s] = _to_level(mhc_mean + mhc_sd * normal(key, 4 * s + 1))
         lat.fas[s] = _to_level(fas_mean + fas_sd * normal(key, 4 * s + 2))
@@ -413,14 +455,18 @@ def random_interior_site(bits, geom):
 # skipping EMPTY sites at both ends. Rows are read from the previous step's
 # hulls and write their own, in a second buffer: rows stay independent.
 #
-# In the hull, the proposal pass first counts, in chunks of ``_CHUNK`` sites,
-# the live cells whose draw says "event", in a branch-free loop the compiler
-# vectorises; only a chunk with a count redoes its sites one by one. Every
-# site does exactly what the one-sweep rule did, in the same order, so results
-# are unchanged.
+# Tumour events are event-driven (stream version 2): every occupied site holds
+# in ``wake`` the step at which its cell next acts, a geometric waiting time
+# drawn when the cell is born, after each of its events, and when it dies
+# (then: its clearance). Per step a pass compares ``wake`` with the step, in
+# chunks of ``_CHUNK`` sites of the hull and a branch-free loop the compiler
+# vectorises, and only a chunk with a cell due redoes its sites one by one.
+# This is exact in distribution: a cell with per-step event probability p has
+# its first event after a Geometric(p) number of steps, and so on after each
+# event (the rates are constant per cell; contact inhibition acts at the event,
+# as before: a division with no empty neighbour is lost).
 ROW_BLOCK = 8  # rows per parallel work item
 _CHUNK = 64
-_NOT_LIVE = np.int64(1) << np.int64(40)  # added to a 32-bit draw: never below a threshold
 
 
 @njit(cache=True, inline="always")
@@ -431,14 +477,14 @@ def _row_base(r, ny, z0, py, px):
 
 
 @njit(cache=True, inline="always")
-def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px,
-                  key_event, thr_death, thr_event):
-    thr_i = np.int64(thr_event)
+def _propose_rows(r0, r1, cell, wake, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px,
+                  step, key_event, key_wait, key_clear_wait, thr_death_share, event_log_q, clear_log_q):
     one = np.uint64(1)
-    draws = np.empty(_CHUNK, np.int64)
+    step32 = np.int32(step)
     for r in range(r0, r1):
         base = _row_base(r, ny, z0, py, px)
         cell_row = cell[base:base + nx]
+        wake_row = wake[base:base + nx]
         prop_row = proposal[base:base + nx]
         prop_row[:] = 0
         # Sites that may be occupied: the neighbour rows' hulls grown by one.
@@ -460,34 +506,32 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
             hi -= 1
         hull[r, 0] = lo
         hull[r, 1] = hi
-        ubase = np.uint64(base)
         for x0 in range(lo, hi, _CHUNK):
             x1 = min(x0 + _CHUNK, hi)
             ux0 = np.uint64(x0)
-            n_event = 0
-            # Vectorised. Unsigned indices: a signed one makes Numba test for
+            n_due = 0
+            # Vectorised: an EMPTY site's wake is in the past (-1, or the step it was cleared), so
+            # only occupied sites can be due. Unsigned indices: a signed one makes Numba test for
             # negative (wrap-around) indexing, which stops the vectoriser.
             for xu in range(ux0, np.uint64(x1)):
-                u = mix64(key_event ^ ((ubase + xu) * _GOLDEN)) >> _S32
-                v = np.int64(u) + np.int64(cell_row[xu] != LIVE) * _NOT_LIVE
-                draws[xu - ux0] = v
-                n_event += v < thr_i
-            if n_event == 0:
+                n_due += wake_row[xu] == step32
+            if n_due == 0:
                 continue
-            events = np.uint64(0)  # bit j: live site x0 + j has an event (vectorised too)
-            for ju in range(np.uint64(_CHUNK)):
-                events |= np.uint64(draws[ju] < thr_i) << ju
-            if x1 - x0 < _CHUNK:  # a row's last chunk: the rest of draws is stale
-                events &= (one << np.uint64(x1 - x0)) - one
+            events = np.uint64(0)  # bit j: live site x0 + j has an event (a due DYING cell is cleared)
+            for ju in range(np.uint64(x1 - x0)):
+                if wake_row[ux0 + ju] == step32 and cell_row[ux0 + ju] == LIVE:
+                    events |= one << ju
             while events != 0:  # the events in increasing x, one bit each
                 j = np.int64(trailing_zeros(events))
                 events &= events - one
                 s = base + x0 + j
                 us = np.uint64(s)  # (unsigned indices from here: no wrap-around tests)
                 bits = draw(key_event, s)
-                if (bits >> _S32) < thr_death:
-                    cell[us] = DYING
+                if (bits >> _S32) < thr_death_share:
+                    cell[us] = DYING  # cleared from this step's resolve pass on
+                    wake[us] = wake_at(step - 1, draw(key_clear_wait, s), clear_log_q)
                     continue
+                wake[us] = wake_at(step, draw(key_wait, s), event_log_q)
                 empty = np.uint64(0)  # bit k: neighbour k is empty
                 n_empty = 0
                 for k in range(1, nnb + 1):
@@ -502,24 +546,26 @@ def _propose_rows(r0, r1, cell, proposal, hull_prev, hull, offsets, nnb, nx, ny,
 
 
 @njit(cache=True, parallel=True)
-def _propose_parallel(cell, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px, key_event,
-                      thr_death, thr_event):
+def _propose_parallel(cell, wake, proposal, hull_prev, hull, offsets, nnb, nx, ny, nz, z0, py, px, step,
+                      key_event, key_wait, key_clear_wait, thr_death_share, event_log_q, clear_log_q):
     n_rows = nz * ny
     for b in prange((n_rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        _propose_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, proposal, hull_prev, hull,
-                      offsets, nnb, nx, ny, nz, z0, py, px, key_event, thr_death, thr_event)
+        _propose_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, wake, proposal, hull_prev, hull,
+                      offsets, nnb, nx, ny, nz, z0, py, px, step, key_event, key_wait, key_clear_wait,
+                      thr_death_share, event_log_q, clear_log_q)
 
 
 @njit(cache=True)
-def _propose_pass(lat, geom, hull_prev, hull, key_event, thr_death, thr_event, parallel):
+def _propose_pass(lat, geom, hull_prev, hull, step, key_event, key_wait, key_clear_wait, thr_death_share,
+                  event_log_q, clear_log_q, parallel):
     if parallel:
-        _propose_parallel(lat.cell, lat.proposal, hull_prev, hull, geom.offsets, geom.n_neighbours,
-                          geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, key_event, thr_death,
-                          thr_event)
+        _propose_parallel(lat.cell, lat.wake, lat.proposal, hull_prev, hull, geom.offsets, geom.n_neighbours,
+                          geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, step, key_event, key_wait,
+                          key_clear_wait, thr_death_share, event_log_q, clear_log_q)
     else:
-        _propose_rows(0, geom.nz * geom.ny, lat.cell, lat.proposal, hull_prev, hull, geom.offsets,
-                      geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, key_event,
-                      thr_death, thr_event)
+        _propose_rows(0, geom.nz * geom.ny, lat.cell, lat.wake, lat.proposal, hull_prev, hull, geom.offsets,
+                      geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py, geom.px, step, key_event,
+                      key_wait, key_clear_wait, thr_death_share, event_log_q, clear_log_q)
 
 
 @njit(cache=True)
@@ -532,38 +578,54 @@ def full_hulls(n_rows, nx):
 
 
 @njit(cache=True)
-def tumour_propose(lat, geom, key_event, thr_death, thr_event, parallel):
-    """Phase 1: death, and division proposals into empty neighbours.
+def tumour_keys(seed, patient, step):
+    """The draw keys (uint64[5]) of one step's tumour passes (:func:`tumour_propose`, :func:`tumour_resolve`)."""
+    keys = np.empty(5, np.uint64)
+    keys[0] = stream_key(seed, patient, step, P_TUMOUR_EVENT)
+    keys[1] = stream_key(seed, patient, step, P_TUMOUR_WAIT)
+    keys[2] = stream_key(seed, patient, step, P_CLEAR_WAIT)
+    keys[3] = stream_key(seed, patient, step, P_DIVISION_WINNER)
+    keys[4] = stream_key(seed, patient, step, P_INHERIT)
+    return keys
 
-    Every interior site's proposal byte is cleared; a live cell whose draw
-    says "event" dies (turns DYING) or, if it has empty neighbours, writes the
-    index of the one its draw picks. Rows are independent: a row writes only
-    its own sites, and reads of neighbour emptiness cannot change in this
-    phase (deaths turn LIVE into DYING, never into EMPTY). Returns the row
-    hulls (first and last + 1 occupied x of every row), which
-    :func:`tumour_resolve` may take.
+
+@njit(cache=True)
+def tumour_propose(lat, geom, step, keys, thr_death_share, event_log_q, clear_log_q, parallel):
+    """Phase 1: the live cells due at ``step`` die (turn DYING) or propose a division.
+
+    Every interior site's proposal byte is cleared; a live cell whose ``wake``
+    is ``step`` dies (and draws its clearance step, this step at the
+    earliest) or draws its next event and, if it has empty neighbours, writes
+    the index of the one its draw picks. Rows are independent: a row writes
+    only its own sites, and reads of neighbour emptiness cannot change in this
+    phase (deaths turn LIVE into DYING, never into EMPTY). ``keys``:
+    :func:`tumour_keys`. Returns the row hulls (first and last + 1 occupied x
+    of every row), which :func:`tumour_resolve` may take.
     """
     n_rows = geom.nz * geom.ny
     hull = np.empty((n_rows, 2), np.int64)
-    _propose_pass(lat, geom, full_hulls(n_rows, geom.nx), hull, key_event, thr_death, thr_event, parallel)
+    _propose_pass(lat, geom, full_hulls(n_rows, geom.nx), hull, step, keys[0], keys[1], keys[2],
+                  thr_death_share, event_log_q, clear_log_q, parallel)
     return hull
 
 
 @njit(cache=True, inline="always")
-def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flags, dying, draws, offsets, nnb,
-                  nx, ny, z0, py, px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd):
+def _resolve_rows(r0, r1, cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, flags, dying, offsets, nnb,
+                  nx, ny, z0, py, px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
+                  event_log_q):
     """Resolve the rows ``r0 .. r1 - 1`` within their hulls.
 
-    A vectorised sweep writes a flag byte per site: 1 dying, 2 proposing. The
-    flagged sites are then visited in increasing x, eight flags at a time
-    (``flags`` holds at least ``nx + 8`` bytes, a multiple of 8): proposals
-    are resolved on the spot, dying sites listed in ``dying`` and their
-    clearance drawn afterwards, vectorised (``draws``: scratch as long).
-    Clearing a dying cell and resolving a proposal touch different sites
-    (targets were EMPTY), so the order between the two does not matter.
+    A vectorised sweep writes a flag byte per site: 1 dying and due to be
+    cleared at ``step``, 2 proposing. The flagged sites are then visited in
+    increasing x, eight flags at a time (``flags`` holds at least ``nx + 8``
+    bytes, a multiple of 8): proposals are resolved on the spot (the
+    daughter draws its first event step), and the due dying cells listed in
+    ``dying`` and cleared afterwards. Clearing a dying cell and resolving a
+    proposal touch different sites (targets were EMPTY), so the order between
+    the two does not matter.
     """
     words = flags.view(np.uint64)
-    thr_clear_i = np.int64(thr_clear)
+    step32 = np.int32(step)
     for r in range(r0, r1):
         lo = hull[r, 0]
         hi = hull[r, 1]
@@ -571,13 +633,15 @@ def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flag
             continue
         base = _row_base(r, ny, z0, py, px)
         cell_row = cell[base:base + nx]
+        wake_row = wake[base:base + nx]
         prop_row = proposal[base:base + nx]
         w0 = lo >> 3
         w1 = (hi + 7) >> 3
         words[w0] = 0
         words[w1 - 1] = 0
         for xu in range(np.uint64(lo), np.uint64(hi)):  # vectorised (unsigned: see _propose_rows)
-            flags[xu] = np.uint8(cell_row[xu] == DYING) | (np.uint8(prop_row[xu] != 0) << np.uint8(1))
+            flags[xu] = (np.uint8(cell_row[xu] == DYING) & np.uint8(wake_row[xu] == step32)) | (
+                np.uint8(prop_row[xu] != 0) << np.uint8(1))
         n_dying = 0
         for wi in range(w0, w1):
             w = words[wi]
@@ -585,7 +649,7 @@ def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flag
                 tz = np.int64(trailing_zeros(w))  # first flagged site left: one bit per flagged site
                 w &= w - np.uint64(1)
                 x = 8 * wi + (tz >> 3)
-                if tz & 7 == 0:  # dying
+                if tz & 7 == 0:  # dying, and cleared now
                     dying[n_dying] = x
                     n_dying += 1
                     continue
@@ -604,6 +668,7 @@ def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flag
                 if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
                     continue
                 cell[t] = LIVE
+                wake[t] = wake_at(step, draw(key_wait, t), event_log_q)
                 a = 4 * t
                 ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
                 mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
@@ -612,12 +677,8 @@ def _resolve_rows(r0, r1, cell, proposal, ligand, mhc, fas, mhc_lost, hull, flag
                     mhc_lost[t] = 1
                 else:
                     mhc_lost[t] = 0
-        ubase = np.uint64(base)
-        for j in range(n_dying):  # vectorised
-            draws[j] = np.int64(mix64(key_clear ^ ((ubase + np.uint64(dying[j])) * _GOLDEN)) >> _S32)
         for j in range(n_dying):
-            if draws[j] < thr_clear_i:
-                cell_row[dying[j]] = EMPTY
+            cell_row[dying[j]] = EMPTY
 
 
 @njit(cache=True, inline="always")
@@ -626,46 +687,45 @@ def _flag_buffer(nx):
 
 
 @njit(cache=True, parallel=True)
-def _resolve_parallel(cell, proposal, ligand, mhc, fas, mhc_lost, hull, offsets, nnb, nx, ny, nz, z0, py, px,
-                      key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd):
+def _resolve_parallel(cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, offsets, nnb, nx, ny, nz, z0, py,
+                      px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd, event_log_q):
     n_rows = nz * ny
     for b in prange((n_rows + ROW_BLOCK - 1) // ROW_BLOCK):
         flags = _flag_buffer(nx)
         dying = np.empty(nx, np.int64)
-        draws = np.empty(nx, np.int64)
-        _resolve_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, proposal, ligand, mhc, fas,
-                      mhc_lost, hull, flags, dying, draws, offsets, nnb, nx, ny, z0, py, px, key_winner, key_inherit,
-                      key_clear, thr_clear, thr_mhc_loss, inherit_sd)
+        _resolve_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, wake, proposal, ligand, mhc, fas,
+                      mhc_lost, hull, flags, dying, offsets, nnb, nx, ny, z0, py, px, step, key_winner, key_inherit,
+                      key_wait, thr_mhc_loss, inherit_sd, event_log_q)
 
 
 @njit(cache=True)
-def _resolve_pass(lat, geom, hull, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss, inherit_sd,
-                  parallel):
+def _resolve_pass(lat, geom, hull, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
+                  event_log_q, parallel):
     if parallel:
-        _resolve_parallel(lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, hull,
+        _resolve_parallel(lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, hull,
                           geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py,
-                          geom.px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
-                          inherit_sd)
+                          geom.px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
+                          event_log_q)
     else:
         flags = _flag_buffer(geom.nx)
-        _resolve_rows(0, geom.nz * geom.ny, lat.cell, lat.proposal, lat.ligand, lat.mhc, lat.fas,
-                      lat.mhc_lost, hull, flags, np.empty(geom.nx, np.int64), np.empty(geom.nx, np.int64),
+        _resolve_rows(0, geom.nz * geom.ny, lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas,
+                      lat.mhc_lost, hull, flags, np.empty(geom.nx, np.int64),
                       geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.z0,
-                      geom.py, geom.px, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
-                      inherit_sd)
+                      geom.py, geom.px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
+                      event_log_q)
 
 
 @njit(cache=True)
-def tumour_resolve(lat, geom, key_winner, key_inherit, key_clear, thr_clear, thr_mhc_loss,
-                   inherit_sd, parallel):
-    """Phase 2: one winner per target writes the daughter; clear dead cells.
+def tumour_resolve(lat, geom, step, keys, thr_mhc_loss, inherit_sd, event_log_q, parallel):
+    """Phase 2: one winner per target writes the daughter; clear the dead cells due at ``step``.
 
     Only the winning proposer writes a target (which was EMPTY, so no other
     row clears it, and it is neither dying nor a proposer itself), and
     proposals are read-only here: race-free, and rows may run in any order.
+    ``keys``: :func:`tumour_keys`.
     """
-    _resolve_pass(lat, geom, full_hulls(geom.nz * geom.ny, geom.nx), key_winner, key_inherit, key_clear,
-                  thr_clear, thr_mhc_loss, inherit_sd, parallel)
+    _resolve_pass(lat, geom, full_hulls(geom.nz * geom.ny, geom.nx), step, keys[3], keys[4], keys[1],
+                  thr_mhc_loss, inherit_sd, event_log_q, parallel)
 
 
 # ---------------------------------------------------------------- effectors
@@ -699,7 +759,7 @@ def _effector_tables(prm):
     ``ku[kind] = (thr_eff_death, thr_move, fasl)`` and
     ``ku[N_KINDS] = (granules_max, kill_capacity, well_mixed)``;
     ``thr = (perforin_done, fas_done, perforin_same, fas_same, regen, persist, aicd)``;
-    ``ff = (fas_threshold, dt_sub_hours, ifn_half_effect)``;
+    ``ff = (fas_threshold, dt_sub_hours, ifn_half_effect, clear_log_q)``;
     ``level[k] = k / 255`` for k < 256, then the NKG2D signal of the 256 ligand levels.
     """
     kf = np.empty((N_KINDS, 3), np.float64)
@@ -722,10 +782,11 @@ def _effector_tables(prm):
     thr[4] = prm.thr_regen
     thr[5] = prm.thr_persist
     thr[6] = prm.thr_aicd
-    ff = np.empty(3, np.float64)
+    ff = np.empty(4, np.float64)
     ff[0] = prm.fas_threshold
     ff[1] = prm.dt_sub_hours
     ff[2] = prm.ifn_half_effect
+    ff[3] = prm.clear_log_q
     level = np.empty(512, np.float64)
     for k in range(256):
         level[k] = k / 255.0
@@ -978,9 +1039,9 @@ _PREFETCH_MIN_SITES = 1 << 18
 # on every call.
 @njit(cache=True, _nrt=False)
 def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                 cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                 cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                  e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                 offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                 offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
                  three_d, pz, py, tab, shape, dp, cnext, zone_of):
     """One sub-step of every effector of one zone, in class order.
 
@@ -1012,9 +1073,10 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     thr_perforin_done, thr_fas_done = thr[0], thr[1]
     thr_perforin_same, thr_fas_same = thr[2], thr[3]
     thr_regen, thr_persist, thr_aicd = thr[4], thr[5], thr[6]
-    fas_threshold, dt_sub, ifn_half = ff[0], ff[1], ff[2]
+    fas_threshold, dt_sub, ifn_half, clear_log_q = ff[0], ff[1], ff[2], ff[3]
     key_death, key_complete, key_regen, key_scan = keys[0], keys[1], keys[2], keys[3]
     key_engage, key_move, key_turn, key_aicd = keys[4], keys[5], keys[6], keys[7]
+    key_kill_clear = keys[8]
     sx, sy, mx, my = shape[0], shape[1], shape[2], shape[3]
     b0 = zone * N_CLASSES
     px = tab.shape[0] - pz - py
@@ -1115,7 +1177,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                     if hit(draw(key_complete, uid), thr_kill):
                         mech = e_mechanism[i]
                         ut = np.uint64(target)
-                        cell[ut] = DYING
+                        cell[ut] = DYING  # cleared from the next step's resolve pass on
+                        wake[ut] = wake_at(step, draw(key_kill_clear, target), clear_log_q)
                         lost = mhc_lost[ut]
                         e_event[i] = EVENT_KILL + 2 * mech + lost
                         kz[zone, (mech * N_KINDS + kind) * 2 + lost] += 1
@@ -1203,15 +1266,15 @@ def _sort_zone(zone, n_src, order, loff, seg, next_order, counts, base, klass):
 
 @njit(cache=True, parallel=True)
 def _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                            cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                            cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                             e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                            offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                            offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
                             three_d, pz, py, tab, shape, dp, cnext, zone_of):
     for k in prange(n_strips):
         _update_zone(k, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                     cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                     cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                      e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                     offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                     offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
                      three_d, pz, py, tab, shape, dp, cnext, zone_of)
 
 
@@ -1292,7 +1355,7 @@ class EffectorWork(NamedTuple):
     thr: np.ndarray  # uint64[7]
     ff: np.ndarray  # float64[3]
     level: np.ndarray  # float64[512]
-    keys: np.ndarray  # uint64[8]: the draw keys of one sub-step
+    keys: np.ndarray  # uint64[9]: the draw keys of one sub-step
 
 
 @njit(cache=True)
@@ -1307,7 +1370,7 @@ def effector_work(geom, prm, max_strips):
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
                         np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
                         np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
-                        np.empty(8, np.uint64))
+                        np.empty(9, np.uint64))
 
 
 # No reference counting in the sub-steps (nothing in them allocates): with it, every array taken out of
@@ -1331,7 +1394,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         state[_LISTS_VALID] = 0
         return 0
     cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
-    has_effector = lat.has_effector
+    has_effector, wake = lat.has_effector, lat.wake
     e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
     e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
     e_uid, e_alive, e_tcr_match, e_event = eff.uid, eff.alive, eff.tcr_match, eff.event
@@ -1360,6 +1423,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         keys[5] = stream_key(seed, patient, clock, P_EFF_MOVE)
         keys[6] = stream_key(seed, patient, clock, P_EFF_TURN)
         keys[7] = stream_key(seed, patient, clock, P_EFF_AICD)
+        keys[8] = stream_key(seed, patient, clock, P_KILL_CLEAR)
         if prm.well_mixed:
             _shuffle_effectors(lat, eff, n_eff, geom, stream_key(seed, patient, clock, P_SHUFFLE))
         loff = work.loff[parity, :, :n_buckets + 1]
@@ -1394,10 +1458,10 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         first_sub = sub == 0
         if n_strips > 1:
             _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass,
-                                    kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                                    kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive,
-                                    e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
-                                    three_d, pz, py, tab, shape, dp, cnext, zone_of)
+                                    e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step,
+                                    keys, three_d, pz, py, tab, shape, dp, cnext, zone_of)
         for zone in range(0 if n_strips == 1 else n_strips, n_zones):
             if _zone_is_empty(zone, n_src, loff):  # (serially, the margin zone always is)
                 if not prm.well_mixed:
@@ -1405,9 +1469,9 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                 nsec[zone] = 0
                 continue
             _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                         cell, ligand, mhc, fas, mhc_lost, has_effector, e_pos, e_kind,
+                         cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                          e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                         offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, keys,
+                         offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
                          three_d, pz, py, tab, shape, dp, cnext, zone_of)
         # Secretion, once every effector has read the field.
         _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, prm.ifn_secretion)
@@ -1843,13 +1907,12 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
         hull_prev = hulls[(step - step_begin) % 2]
         hull = hulls[(step - step_begin + 1) % 2]
         t1 = cycle_counter()
-        _propose_pass(lat, geom, hull_prev, hull, stream_key(seed, patient, step, P_TUMOUR_EVENT),
-                      prm.thr_tumour_death, prm.thr_tumour_event, lattice_parallel)
+        keys = tumour_keys(seed, patient, step)
+        _propose_pass(lat, geom, hull_prev, hull, step, keys[0], keys[1], keys[2], prm.thr_death_share,
+                      prm.event_log_q, prm.clear_log_q, lattice_parallel)
         t2 = cycle_counter()
-        _resolve_pass(lat, geom, hull, stream_key(seed, patient, step, P_DIVISION_WINNER),
-                      stream_key(seed, patient, step, P_INHERIT),
-                      stream_key(seed, patient, step, P_CLEAR), prm.thr_clear,
-                      prm.thr_mhc_loss, prm.inherit_sd, lattice_parallel)
+        _resolve_pass(lat, geom, hull, step, keys[3], keys[4], keys[1], prm.thr_mhc_loss, prm.inherit_sd,
+                      prm.event_log_q, lattice_parallel)
         t3 = cycle_counter()
         n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
                                     work, n_strips)
