@@ -120,6 +120,7 @@ P_TUMOUR_WAIT = 19  # steps to a live cell's next event, drawn at birth and afte
 P_SEED_WAIT = 20  # ... of a seeded cell
 P_CLEAR_WAIT = 21  # steps from a natural death to clearance
 P_KILL_CLEAR = 22  # steps from a kill to clearance
+P_EFF_ORDER = 23  # the colour-class order of a step's effector sub-steps
 
 #: ``wake`` of a cell that never acts (a rate of 0): beyond any run (at most 1e8 steps).
 NEVER = 2**31 - 1
@@ -801,8 +802,11 @@ _EXPM1_BOUND = 1.0 + 1e-9
 
 
 # ------------------------------------------------ effector zones (colour classes in strips)
-# The order the rules define: colour class by colour class (0..26), every
-# effector of a class after every effector of the classes before it. Within a
+# The order the rules define: colour class by colour class, every effector of
+# a class after every effector of the classes before it, the classes in a
+# random order drawn for each step (_draw_class_order: layer residue by layer
+# residue, each at its place ``r(l)``, and within one the in-layer classes in
+# one random order; a fixed order made walking effectors drift). Within a
 # class, order does not matter: two effectors of one class are at least 3
 # sites apart, and an effector touches only the 3x3(x3) box around the site it
 # starts the sub-step on, so same-class effectors touch disjoint sites.
@@ -814,21 +818,23 @@ _EXPM1_BOUND = 1.0 + 1e-9
 #
 # * the lattice is cut into ``n_strips`` strips of whole layers ``u`` (y in
 #   2D, z in 3D); strip k keeps the effectors at ``u`` in
-#   ``[b_k + 2 l, b_{k+1} - 2 l)`` with ``l = u mod 3`` (no margin at the
+#   ``[b_k + 2 r, b_{k+1} - 2 r)`` with ``r = r(u mod 3)`` (no margin at the
 #   outer walls): strips run at the same time, each in class order;
 # * the rest (a few layers either side of each inner strip boundary) runs
 #   afterwards, serially, in class order.
 #
 # Why this is the class order for every conflicting pair: ``l`` is the leading
 # digit of the class (class = 9 (z mod 3) + 3 (y mod 3) + x mod 3, z = 0 in
-# 2D). A conflicting pair with equal ``l`` lies in the same layer (|du| <= 2
-# and du = 0 mod 3); otherwise the lower class has the lower ``l``. So the
-# earlier effector of a pair that conflicts with a kept effector at ``u``, of
-# digit ``l``, is at most 2 layers away with a lower digit, hence kept in the
-# same strip: the kept sets are closed under "must run before", and the rest
-# only needs what ran before it. Kept effectors of neighbouring strips are at
-# least 3 layers apart (1 + 2 (l + l'), and same-class when l = l' = 0), so no
-# two strips touch a common site.
+# 2D) and ``r = r(l)`` its place in the step's order. A conflicting pair with
+# equal ``l`` lies in the same layer (|du| <= 2 and du = 0 mod 3); otherwise
+# the earlier class has the lower ``r``. So the earlier effector of a pair
+# that conflicts with a kept effector at ``u``, of place ``r``, is at most 2
+# layers away with a lower place, hence kept in the same strip: the kept sets
+# are closed under "must run before", and the rest only needs what ran before
+# it. Kept effectors of neighbouring strips are at least 3 layers apart
+# (1 + 2 (r + r'), and same-class when r = r' = 0), so no two strips touch a
+# common site. The margins follow the step's order, so with strips the
+# zones are set afresh at the start of every step.
 #
 # (The field is only read during a sub-step; secretion is added after it.)
 #
@@ -836,7 +842,7 @@ _EXPM1_BOUND = 1.0 + 1e-9
 # ``klass`` entry holds its packed site coordinates and bucket, and follows
 # its moves. The first sub-step of a call sorts all effectors into buckets (a
 # counting sort: one *source*) and sets the strip boundaries, at quantiles of
-# the effector count over layers; they stay fixed for the call. Afterwards
+# the effector count over layers; with strips this is done at every step. Afterwards
 # each zone, right after its updates, sorts its own effectors by their new
 # buckets into its own segment of the other order buffer: the next sub-step
 # (of this step or the next) reads bucket (zone, class) as one range per
@@ -935,9 +941,10 @@ def _layer(packed, three_d, sx, sy, my):
 
 
 @njit(cache=True, _nrt=False)
-def _set_zones(n_strips, hist, zone_of, bounds):
+def _set_zones(n_strips, hist, zone_of, bounds, rank):
     """Strip boundaries (into ``bounds``, at least ``n_strips + 1`` long) at quantiles of ``hist``
-    (effectors per layer) and the zone of every layer."""
+    (effectors per layer) and the zone of every layer; ``rank[l]``: the place of layer residue ``l``
+    in this step's class order (see the zone notes)."""
     n_u = hist.shape[0]
     if n_strips == 1:
         zone_of[:] = 0
@@ -960,14 +967,14 @@ def _set_zones(n_strips, hist, zone_of, bounds):
     zone_of[:] = n_strips
     for k in range(n_strips):
         for u in range(bounds[k], bounds[k + 1]):
-            margin = 2 * (u % 3)
+            margin = 2 * rank[u % 3]
             if (k == 0 or u >= bounds[k] + margin) and (k == n_strips - 1 or u < bounds[k + 1] - margin):
                 zone_of[u] = k
 
 
 @njit(cache=True, _nrt=False)
 def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, shape, zone_of, hist, bounds,
-                n_strips):
+                n_strips, rank):
     """Counting sort of the live effectors ``i0 .. i1 - 1`` into buckets: one source.
 
     ``klass[i]`` becomes ``packed_coordinates << 16 | bucket`` (-1 for a dead
@@ -998,7 +1005,7 @@ def _sort_range(i0, i1, e_pos, e_alive, klass, order, counts, base, geom, tab, s
         if set_zones:
             hist[z if three_d else y] += 1
     if set_zones:
-        _set_zones(n_strips, hist, zone_of, bounds)
+        _set_zones(n_strips, hist, zone_of, bounds, rank)
     counts[:] = 0
     n = 0
     for i in range(i0, i1):  # buckets
@@ -1042,8 +1049,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                  cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                  e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                  offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                 three_d, pz, py, tab, shape, dp, cnext, zone_of):
-    """One sub-step of every effector of one zone, in class order.
+                 three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order):
+    """One sub-step of every effector of one zone, in this step's class order (``class_order``).
 
     Bucket (zone, class) is ``order[seg[t] + loff[t, b]:seg[t] + loff[t, b + 1]]``
     for each source ``t < n_src``. Per effector: death (first sub-step), kill
@@ -1082,7 +1089,8 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     px = tab.shape[0] - pz - py
     plane = py * px
     use_prefetch = cell.shape[0] > _PREFETCH_MIN_SITES
-    for c in range(N_CLASSES if three_d else 9):  # (2D: classes 9 .. 26 are always empty)
+    for ci in range(N_CLASSES if three_d else 9):  # (2D: classes 9 .. 26 are always empty)
+        c = class_order[ci]
         for src in range(n_src):
             j_end = seg[src] + loff[src, b0 + c + 1]
             for j in range(seg[src] + loff[src, b0 + c], j_end):
@@ -1269,13 +1277,13 @@ def _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_
                             cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                             e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                             offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                            three_d, pz, py, tab, shape, dp, cnext, zone_of):
+                            three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order):
     for k in prange(n_strips):
         _update_zone(k, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
                      cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                      e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                      offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                     three_d, pz, py, tab, shape, dp, cnext, zone_of)
+                     three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
 
 
 @njit(cache=True)
@@ -1299,6 +1307,36 @@ def _order_buffers(eff):
     both = eff.order.view(np.int32)
     capacity = eff.order.shape[0]
     return both[:capacity], both[capacity:]
+
+
+@njit(cache=True, inline="always")
+def _draw_class_order(key, three_d, class_order, rank):
+    """This step's class order into ``class_order``, and ``rank[l]``: the place of layer residue ``l``.
+
+    The three layer residues (the leading digit of the class) in a uniformly random order and, within
+    each, the in-layer classes (3 in 2D, 9 in 3D) in one uniformly random order. A fixed order lets
+    effectors of later classes step into sites that earlier classes have just left, always in the
+    same directions: a drift of walking effectors. The zones need the layer-major shape (notes above).
+    """
+    m = 9 if three_d else 3
+    for a in range(3):
+        rank[a] = a  # (first: the residues in order of place)
+    for a in range(2, 0, -1):
+        b = pick(draw(key, a), a + 1)
+        rank[a], rank[b] = rank[b], rank[a]
+    lay0, lay1, lay2 = rank[0], rank[1], rank[2]
+    for q in range(m):
+        class_order[q] = q  # (first: the in-layer order)
+    for a in range(m - 1, 0, -1):
+        b = pick(draw(key, 16 + a), a + 1)
+        class_order[a], class_order[b] = class_order[b], class_order[a]
+    for q in range(m):
+        class_order[2 * m + q] = lay2 * m + class_order[q]
+        class_order[m + q] = lay1 * m + class_order[q]
+        class_order[q] = lay0 * m + class_order[q]
+    rank[lay0] = 0
+    rank[lay1] = 1
+    rank[lay2] = 2
 
 
 @njit(cache=True, inline="always")
@@ -1345,6 +1383,8 @@ class EffectorWork(NamedTuple):
     hist: np.ndarray  # int64[n_u]: effectors per layer, for the strip boundaries
     zone_of: np.ndarray  # int64[n_u]: zone of every layer
     bounds: np.ndarray  # int64[max_strips + 1]: the strips' first layers (_set_zones)
+    class_order: np.ndarray  # int64[N_CLASSES]: this step's class order (_draw_class_order)
+    rank: np.ndarray  # int64[3]: the place of each layer residue in it
     loff: np.ndarray  # int64[2, max_strips + 2, (max_strips + 1) * N_CLASSES + 1]: bucket offsets per source
     seg: np.ndarray  # int64[2, max_strips + 3]: segment start of every source
     kz: np.ndarray  # int64[max_strips + 1, 17]: kills per zone (16), deaths (1)
@@ -1366,7 +1406,7 @@ def effector_work(geom, prm, max_strips):
     shape, dp, cnext = _move_tables(geom)
     kf, ku, thr, ff, level = _effector_tables(prm)
     return EffectorWork(_site_tables(geom), shape, dp, cnext, np.zeros(n_u, np.int64), np.zeros(n_u, np.int64),
-                        np.zeros(m + 1, np.int64),
+                        np.zeros(m + 1, np.int64), np.arange(N_CLASSES), np.arange(3),
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
                         np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
                         np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
@@ -1410,7 +1450,10 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     no_hist = hist[:0]
     order_a, order_b = _order_buffers(eff)
     no_next = order_a[:0]
-    full_sort = state[_LISTS_VALID] == 0 or state[_STRIPS] != n_strips or prm.well_mixed
+    class_order, rank = work.class_order, work.rank
+    _draw_class_order(stream_key(seed, patient, step, P_EFF_ORDER), three_d, class_order, rank)
+    # Strips' margins follow the step's order (rank): with strips, the zones are set afresh every step.
+    full_sort = state[_LISTS_VALID] == 0 or state[_STRIPS] != n_strips or prm.well_mixed or n_strips > 1
     parity = state[_PARITY] if not full_sort else 0
     kz[:] = 0
     for sub in range(prm.n_sub):
@@ -1437,13 +1480,13 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
         if (sub == 0 and full_sort) or prm.well_mixed:
             seg[0] = 0
             _sort_range(0, n_eff, e_pos, e_alive, klass, order, loff[0], 0, geom, tab, shape, zone_of,
-                        hist if sub == 0 else no_hist, work.bounds, n_strips)
+                        hist if sub == 0 else no_hist, work.bounds, n_strips, rank)
             n_src = 1
         elif sub == 0:  # the last sub-step's zones, and this step's arrivals as one more source
             n_src = state[_N_SRC]
             seg[n_src] = seg[n_src - 1] + loff[n_src - 1, n_buckets]
             _sort_range(state[_LISTED], n_eff, e_pos, e_alive, klass, order, loff[n_src], seg[n_src], geom, tab,
-                        shape, zone_of, no_hist, work.bounds, n_strips)
+                        shape, zone_of, no_hist, work.bounds, n_strips, rank)
             n_src += 1
         else:
             n_src = n_zones
@@ -1461,7 +1504,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                                     kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive,
                                     e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step,
-                                    keys, three_d, pz, py, tab, shape, dp, cnext, zone_of)
+                                    keys, three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
         for zone in range(0 if n_strips == 1 else n_strips, n_zones):
             if _zone_is_empty(zone, n_src, loff):  # (serially, the margin zone always is)
                 if not prm.well_mixed:
@@ -1472,7 +1515,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                          cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
                          e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
                          offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                         three_d, pz, py, tab, shape, dp, cnext, zone_of)
+                         three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
         # Secretion, once every effector has read the field.
         _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, prm.ifn_secretion)
         parity = 1 - parity
