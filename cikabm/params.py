@@ -155,7 +155,7 @@ NK_OVER_TNK_POTENCY = 3.0
 #: Engagement rate (per hour) of a CD3+CD56+ cell on a neighbour it fully recognises: the in vitro
 #: potency, fitted to 33 % lysis of an HCC line at E:T 30:1 in 4 h (Kim 2007 Int Immunopharmacol
 #: 7:1793) by `cikabm calibrate-potency` (command and result in calibration/potency_calibration.json).
-CIK_POTENCY_PER_HOUR = 0.1449
+CIK_POTENCY_PER_HOUR = 0.1367
 
 #: Share of CIK T cells whose TCR recognises a given tumour: about 10 % of intratumoral CD8+ T cells
 #: are tumour-reactive (Scheper 2019 Nat Med 25:89); blood-derived products may hold fewer.
