@@ -219,7 +219,7 @@ def _lattice_phase(ts: TrialScenario, region: Scenario, lesion: Lesion, seed: in
     status = ck.EXTINCT if not live.any() else ck.RAN_TO_END
     lost = int(np.count_nonzero(live & (sim.lattice.mhc_lost == 1)))
     tumour_counts = np.array([np.count_nonzero(live) - lost, lost], dtype=np.float64)
-    n_eff = int(sim.counters[0])
+    n_eff = int(sim.counters[core.C_STORED])
     alive = sim.effectors.alive[:n_eff] == 1
     effector_counts = np.bincount(sim.effectors.kind[:n_eff][alive], minlength=ck.N_KINDS)[:ck.N_KINDS]
     kills = sim.kills.reshape(2, ck.N_KINDS, 2).sum(axis=0).astype(np.float64)

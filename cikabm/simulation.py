@@ -374,8 +374,8 @@ class Simulation:
         )
         self.ifn = np.zeros(geom.cz * geom.cy * geom.cx, np.float64)
         self.ifn_tmp = np.zeros_like(self.ifn)
-        self.counters = np.zeros(3, np.int64)  # live effectors, next uid, dropped arrivals
-        self.kills = np.zeros(16, np.int64)
+        self.counters = np.zeros(core.N_COUNTERS, np.int64)  # (core.C_STORED, C_NEXT_UID, C_DROPPED)
+        self.kills = np.zeros(core.N_KILL_TALLIES, np.int64)
         self.arrivals = np.zeros(core.N_KINDS, np.int64)
         self.records = np.zeros((self.disc.n_records, core.N_REC), np.float64)
         self.row_counts = np.zeros((geom.nz * geom.ny, 3), np.int64)
@@ -403,7 +403,7 @@ class Simulation:
         img[(cell == core.LIVE) & (lost == 1)] = SNAP_MHC_LOST
         img[cell == core.DYING] = SNAP_DYING
         eff = np.full(geom.pz * geom.py * geom.px, -1, np.int8)
-        n = int(self.counters[0])
+        n = int(self.counters[core.C_STORED])
         eff[self.effectors.pos[:n]] = self.effectors.kind[:n].astype(np.int8)
         eff_img = interior_view(eff, geom)
         if geom.dims == 3:

@@ -90,11 +90,13 @@ def state_digest(sim: Any) -> str:
     """
     import numpy as np
 
+    from cikabm.kernels.core import C_STORED
+
     h = hashlib.sha256()
     for name, arr in _named_arrays(sim.lattice):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arr).tobytes())
-    n = int(sim.counters[0])
+    n = int(sim.counters[C_STORED])
     for name, arr in _named_arrays(sim.effectors):
         if name not in SCRATCH_EFFECTOR_FIELDS:
             h.update(name.encode())
@@ -181,13 +183,13 @@ def _exact_agent_updates(sim: Any, steps: int) -> dict[str, int]:
     """Advance ``sim`` step by step, counting agent updates as the Mesa comparison defines them."""
     import numpy as np
 
-    from cikabm.kernels.core import LIVE
+    from cikabm.kernels.core import C_STORED, LIVE
 
     n_sub = int(sim.disc.params.n_sub)
     tumour = effectors = 0
     for _ in range(steps):
         tumour += int(np.count_nonzero(sim.lattice.cell == LIVE))
-        effectors += n_sub * int(sim.counters[0])
+        effectors += n_sub * int(sim.counters[C_STORED])
         sim.advance(1)
     return {"tumour_cell_steps": tumour, "effector_updates": effectors, "agent_updates": tumour + effectors}
 
@@ -270,6 +272,7 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
     import_s, compile_s = _time_kernel_start(emit)
     import numba
 
+    from cikabm.kernels.core import C_STORED
     from cikabm.scenario import scenario_from_dict
     from cikabm.simulation import Simulation
 
@@ -306,7 +309,7 @@ def run_config(config: BenchConfig, threads: Sequence[int], repeats: int, quick:
                 warmup_times.append(time.perf_counter() - t0)
             disc = start_state.disc
             emit(f"{label} {_shape_text(shape)}: set-up {statistics.median(times):.2f} s, warm-up "
-                 f"{warmup} steps {warmup_times[-1]:.2f} s, {int(start_state.counters[0]):,} effectors")
+                 f"{warmup} steps {warmup_times[-1]:.2f} s, {int(start_state.counters[C_STORED]):,} effectors")
             if config.mesa and count_agents and exact is None:
                 with numba_threads(min(max(counts), cores)):
                     exact = _exact_agent_updates(copy.deepcopy(start_state), steps)

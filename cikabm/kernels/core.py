@@ -125,6 +125,16 @@ P_EFF_ORDER = 23  # the colour-class order of a step's effector sub-steps
 #: ``wake`` of a cell that never acts (a rate of 0): beyond any run (at most 1e8 steps).
 NEVER = 2**31 - 1
 
+# The ``counters`` array (int64[N_COUNTERS]) carried between steps.
+C_STORED = 0  # effectors in the arrays: the live ones (and, within a call, the dead not yet compacted away)
+C_NEXT_UID = 1  # uid of the next arriving effector
+C_DROPPED = 2  # arrivals that found no place (capacity or lattice full)
+N_COUNTERS = 3
+#: Kill tallies (``kills``, int64): index ``(mechanism * N_KINDS + kind) * 2 + mhc_lost``.
+N_KILL_TALLIES = N_MECHS * N_KINDS * 2
+#: Per-zone tallies of a sub-step (``kz``): the kill tallies, then the effectors that died.
+KZ_DEATHS = N_KILL_TALLIES
+
 MAX_SUBSTEPS = 16
 # The effector pass runs in strips when it has at least parallel_min / this
 # many effectors per colour class in use and strip (16 at parallel_min =
@@ -1065,7 +1075,7 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     unpacked by :func:`_effector_tables`.
 
     ``klass[i]`` follows the effector: a move updates its packed coordinates
-    and bucket, a death sets it to -1 (deaths are counted in ``kz[zone, 16]``).
+    and bucket, a death sets it to -1 (deaths are counted in ``kz[zone, KZ_DEATHS]``).
     With ``next_order`` non-empty, the zone then sorts its effectors by their
     new buckets into ``next_order[next_seg[zone]:]``, offsets in
     ``next_loff[zone]`` (it is source ``zone`` of the next sub-step). Last, it
@@ -1114,7 +1124,7 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                     has_effector[upos] = 0
                     e_target[i] = -1
                     klass[i] = -1
-                    kz[zone, 16] += 1
+                    kz[zone, KZ_DEATHS] += 1
                     continue
                 target = -1  # the live target a kill may complete on in this sub-step
                 thr_kill = np.uint64(0)
@@ -1199,7 +1209,7 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                             e_alive[i] = 0
                             has_effector[upos] = 0
                             klass[i] = -1
-                            kz[zone, 16] += 1
+                            kz[zone, KZ_DEATHS] += 1
                     continue  # engaged effectors do not move
                 if well_mixed:
                     continue
@@ -1387,7 +1397,7 @@ class EffectorWork(NamedTuple):
     rank: np.ndarray  # int64[3]: the place of each layer residue in it
     loff: np.ndarray  # int64[2, max_strips + 2, (max_strips + 1) * N_CLASSES + 1]: bucket offsets per source
     seg: np.ndarray  # int64[2, max_strips + 3]: segment start of every source
-    kz: np.ndarray  # int64[max_strips + 1, 17]: kills per zone (16), deaths (1)
+    kz: np.ndarray  # int64[max_strips + 1, KZ_DEATHS + 1]: kill tallies per zone, then deaths
     nsec: np.ndarray  # int64[max_strips + 1]: length of each zone's secretion list
     state: np.ndarray  # int64[5]: see _LISTS_VALID and below
     kf: np.ndarray  # float64[N_KINDS, 3]: the rules' parameters, unpacked (_effector_tables)
@@ -1408,7 +1418,7 @@ def effector_work(geom, prm, max_strips):
     return EffectorWork(_site_tables(geom), shape, dp, cnext, np.zeros(n_u, np.int64), np.zeros(n_u, np.int64),
                         np.zeros(m + 1, np.int64), np.arange(N_CLASSES), np.arange(3),
                         np.zeros((2, m + 2, (m + 1) * N_CLASSES + 1), np.int64),
-                        np.zeros((2, m + 3), np.int64), np.zeros((m + 1, 17), np.int64),
+                        np.zeros((2, m + 3), np.int64), np.zeros((m + 1, KZ_DEATHS + 1), np.int64),
                         np.zeros(m + 1, np.int64), np.zeros(5, np.int64), kf, ku, thr, ff, level,
                         np.empty(9, np.uint64))
 
@@ -1428,7 +1438,7 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     while ``work.state`` says they are valid. Returns the number of effectors
     that died.
     """
-    n_eff = counters[0]
+    n_eff = counters[C_STORED]
     state = work.state
     if n_eff == 0:
         state[_LISTS_VALID] = 0
@@ -1527,9 +1537,9 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     # Kills by (mechanism, kind, MHC state).
     n_died = 0
     for zone in range(n_zones):
-        for j in range(16):
+        for j in range(N_KILL_TALLIES):
             kills[j] += kz[zone, j]
-        n_died += kz[zone, 16]
+        n_died += kz[zone, KZ_DEATHS]
     return n_died
 
 
@@ -1559,7 +1569,7 @@ def _store_by_site(eff, counters, perm, geom):
     (no cache line shared between threads, and better locality). Order in the
     arrays has no effect on results: :func:`_store_by_arrival` restores it.
     """
-    n = counters[0]
+    n = counters[C_STORED]
     if n < 2:
         return
     px = geom.px
@@ -1580,7 +1590,7 @@ def _store_by_site(eff, counters, perm, geom):
 @njit(cache=True)
 def _store_by_arrival(eff, counters, perm):
     """Store the effectors in order of arrival (of ``uid``), as the model defines it."""
-    n = counters[0]
+    n = counters[C_STORED]
     if n < 2:
         return
     uid = eff.uid
@@ -1598,7 +1608,7 @@ def _store_by_arrival(eff, counters, perm):
 @njit(cache=True)
 def compact_effectors(eff, counters):
     """Drop dead effectors, keeping the order of the survivors."""
-    n_eff = counters[0]
+    n_eff = counters[C_STORED]
     pos, kind, granules, kills, target = eff.pos, eff.kind, eff.granules, eff.kills, eff.target
     mechanism, heading, uid, born, alive = eff.mechanism, eff.heading, eff.uid, eff.born, eff.alive
     tcr_match = eff.tcr_match
@@ -1620,7 +1630,7 @@ def compact_effectors(eff, counters):
         tcr_match[w] = tcr_match[i]
         alive[w] = 1
         w += 1
-    counters[0] = w
+    counters[C_STORED] = w
 
 
 @njit(cache=True)
@@ -1642,12 +1652,12 @@ def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries
     Its TCR clone recognises the tumour with the probability of threshold
     ``thr_match`` (:func:`tcr_match_of` under ``match_key``), decided once, at arrival.
     """
-    n_eff = counters[0]
+    n_eff = counters[C_STORED]
     if n_eff >= eff.pos.shape[0]:
-        counters[2] += 1
+        counters[C_DROPPED] += 1
         return False
-    uid = counters[1]
-    counters[1] += 1
+    uid = counters[C_NEXT_UID]
+    counters[C_NEXT_UID] += 1
     for attempt in range(tries):
         s = random_interior_site(draw(bits_key, uid * 64 + attempt), geom)
         if lat.has_effector[s] == 0:
@@ -1663,9 +1673,9 @@ def add_effector(lat, eff, counters, geom, kind, granules, step, bits_key, tries
             eff.born[n_eff] = step
             eff.alive[n_eff] = 1
             eff.tcr_match[n_eff] = tcr_match_of(match_key, uid, thr_match)
-            counters[0] = n_eff + 1
+            counters[C_STORED] = n_eff + 1
             return True
-    counters[2] += 1
+    counters[C_DROPPED] += 1
     return False
 
 
@@ -1682,28 +1692,28 @@ def supply(lat, eff, counters, arrivals, geom, prm, seed, patient, step, mean_ci
     key_match = tcr_match_key(seed, patient)
     n_cik = poisson(stream_key(seed, patient, 2 * step, P_POISSON), mean_cik)
     n_ctl = poisson(stream_key(seed, patient, 2 * step + 1, P_POISSON), mean_ctl)
-    free = eff.pos.shape[0] - (counters[0] - n_dead)
+    free = eff.pos.shape[0] - (counters[C_STORED] - n_dead)
     if n_cik + n_ctl > free:  # more than can ever be held: count the excess as dropped at once
         excess = n_cik + n_ctl - free
-        counters[2] += excess
+        counters[C_DROPPED] += excess
         cut_ctl = min(n_ctl, excess)
         n_ctl -= cut_ctl
         n_cik -= excess - cut_ctl
-    if n_dead > 0 and counters[0] + n_cik + n_ctl > eff.pos.shape[0]:
+    if n_dead > 0 and counters[C_STORED] + n_cik + n_ctl > eff.pos.shape[0]:
         compact_effectors(eff, counters)
         n_dead = 0
     # Sites without an effector: when none is left, every later arrival of this step would fail its
     # tries, so they are counted (uid and drop, as a failed placement does) without drawing any site.
     # A flooded supply then costs what the lattice holds, not what effectors.capacity allows.
-    free_sites = geom.nz * geom.ny * geom.nx - (counters[0] - n_dead)
+    free_sites = geom.nz * geom.ny * geom.nx - (counters[C_STORED] - n_dead)
     for a in range(n_cik + n_ctl):
         if free_sites <= 0:
             rest = n_cik + n_ctl - a
-            counters[1] += rest
-            counters[2] += rest
+            counters[C_NEXT_UID] += rest
+            counters[C_DROPPED] += rest
             break
         if a < n_cik:
-            u = uniform(draw(key_kind, counters[1]))
+            u = uniform(draw(key_kind, counters[C_NEXT_UID]))
             kind = KIND_NK
             for k in range(3):
                 if u < prm.product_cum[k]:
@@ -1855,7 +1865,7 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
         row[REC_TUMOUR_MHC_PRESENT] += row_counts[r, 0]
         row[REC_TUMOUR_MHC_LOST] += row_counts[r, 1]
         row[REC_TUMOUR_DYING] += row_counts[r, 2]
-    for i in range(counters[0]):
+    for i in range(counters[C_STORED]):
         if eff.alive[i] == 0:  # died, not yet compacted away
             continue
         row[REC_EFFECTORS + eff.kind[i]] += 1
@@ -1871,7 +1881,7 @@ def record(row, lat, eff, counters, kills, arrivals, geom, prm, ifn, row_counts,
         row[REC_KILLS + j] = kills[j]
     for k in range(N_KINDS):
         row[REC_ARRIVALS + k] = arrivals[k]
-    row[REC_DROPPED] = counters[2]
+    row[REC_DROPPED] = counters[C_DROPPED]
 
 
 # ---------------------------------------------------------------- driver
@@ -1928,7 +1938,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     work = effector_work(geom, prm, n_threads)  # (the effectors are sorted afresh too)
     if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
-    uid_stored = counters[1]  # effectors of uid >= this arrived after the last store by site
+    uid_stored = counters[C_NEXT_UID]  # effectors of uid >= this arrived after the last store by site
     n_dead = 0  # dead effectors not yet compacted away
     reached = step_end
     for step in range(step_begin, step_end):
@@ -1939,14 +1949,15 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
         if n_dead < dead_before:  # compacted: the effector lists no longer apply
             work.state[_LISTS_VALID] = 0
         n_strips = 1
-        if counters[0] - n_dead >= effector_min:
+        if counters[C_STORED] - n_dead >= effector_min:
             n_strips = max(n_threads, 1)
-        if n_strips > 1 and not prm.well_mixed and (counters[1] - uid_stored) * _RESTORE_FRACTION > counters[0]:
+        arrived = counters[C_NEXT_UID] - uid_stored
+        if n_strips > 1 and not prm.well_mixed and arrived * _RESTORE_FRACTION > counters[C_STORED]:
             # Arrivals are appended in arrival order, wherever they landed: once they are
             # a fair share of the arrays, strips would write to shared cache lines.
             _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
             work.state[_LISTS_VALID] = 0
-            uid_stored = counters[1]
+            uid_stored = counters[C_NEXT_UID]
         hull_prev = hulls[(step - step_begin) % 2]
         hull = hulls[(step - step_begin + 1) % 2]
         t1 = cycle_counter()

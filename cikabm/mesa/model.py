@@ -252,7 +252,7 @@ class CIKModel(mesa.Model):
         """The live effectors now: position, kind, granules, kills, engaged, TCR specificity, age (a copy)."""
         sim = self.simulation
         eff = sim.effectors
-        n = int(sim.counters[0])
+        n = int(sim.counters[core.C_STORED])
         geom = sim.disc.geometry
         pos = eff.pos[:n]
         plane = geom.py * geom.px
