@@ -4,7 +4,11 @@ Runs the Lee 2015 scenario trial (``scenarios/hcc_adjuvant_lee2015.toml``)
 end to end with :func:`cikabm.trial.run_trial` into a temporary directory, for
 each worker count: with 1 worker the patients run in this process, with more
 on a local Dask cluster of that many processes (cluster start-up included,
-as in ``cikabm trial``). Writing ``patients.parquet``, ``summary.json`` and
+as in ``cikabm trial``), and ``default`` as ``cikabm trial`` without
+``--workers`` (in this process, then a local cluster for a long rest). Each
+result records where its wall time went (``seconds_by_phase``: compile,
+simulation, summary, files, figures; :data:`cikabm.trial.TRIAL_PHASES`).
+Writing ``patients.parquet``, ``summary.json`` and
 the Kaplan-Meier plots is included in the wall time. One patient is
 simulated first, untimed, so the Numba kernels are compiled or loaded from
 the on-disk cache before timing (Dask workers load that cache themselves,
@@ -12,7 +16,7 @@ inside the timed window).
 
 Usage::
 
-    python benchmarks/trial_throughput.py [--workers 1,2] [--patients 230]
+    python benchmarks/trial_throughput.py [--workers default,1,2] [--patients 230]
                                           [--patients-1 60] [--also-same-cohort]
                                           [--scenario scenarios/hcc_adjuvant_lee2015.toml]
                                           [--out benchmarks/results/trial_throughput.json]
@@ -44,7 +48,7 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def time_trial(ts, n_patients: int, workers: int) -> dict:
+def time_trial(ts, n_patients: int, workers: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cikabm_trial_bench_") as tmp:
         start = time.perf_counter()
         run = run_trial(ts, Path(tmp) / "trial", patients=n_patients, workers=workers, progress=False)
@@ -55,7 +59,9 @@ def time_trial(ts, n_patients: int, workers: int) -> dict:
     medians = {arm: run.summary["endpoints"].get(endpoint, {}).get("arms", {}).get(arm, {}).get("median_months")
                for arm in frame["arm"].unique()}
     return {
-        "workers": workers,
+        "workers": "default" if workers is None else workers,
+        "ran_on": run.workers,
+        "seconds_by_phase": run.seconds,
         "patients": n_patients,
         "patient_arms": n_patients * n_arms,
         "rows": len(frame),
@@ -69,7 +75,9 @@ def time_trial(ts, n_patients: int, workers: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
-    parser.add_argument("--workers", default="1,2", help="comma list of worker counts (default 1,2)")
+    parser.add_argument("--workers", default="default,1,2",
+                        help="comma list of worker counts, 'default' for cikabm trial's own choice "
+                             "(default: default,1,2)")
     parser.add_argument("--patients", type=int, default=None,
                         help="patients per trial (default: the scenario's trial.patients)")
     parser.add_argument("--patients-1", dest="patients_1", type=int, default=None,
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(ts, "trial"):
         parser.error(f"{args.scenario} is not a trial scenario")
     n_full = ts.trial.patients if args.patients is None else args.patients
-    worker_counts = [int(w) for w in args.workers.split(",")]
+    worker_counts = [None if w.strip() == "default" else int(w) for w in args.workers.split(",")]
 
     t0 = time.perf_counter()
     simulate_chunk(ts, [0], ts.scenario.seed)  # compiles or loads the kernels; untimed
@@ -98,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         r = time_trial(ts, n, workers)
         r["shortened"] = n != ts.trial.patients
         results.append(r)
-        print(f"workers={workers}: {n} patients x {len(ts.arms)} arms in {r['wall_seconds']:.1f} s: "
-              f"{r['patients_per_s']:.2f} patients/s, {r['patient_arms_per_s']:.2f} patient-arms/s", flush=True)
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds_by_phase"].items())
+        print(f"workers={r['workers']} (ran on: {r['ran_on']}): {n} patients x {len(ts.arms)} arms in "
+              f"{r['wall_seconds']:.1f} s: {r['patients_per_s']:.2f} patients/s ({phases})", flush=True)
     for r in results:
         # Speed-up only against workers=1 on the same cohort (patients differ in cost).
         base = next((b for b in results if b["workers"] == 1 and b["patients"] == r["patients"]), None)
         r["speedup_vs_1"] = (r["patients_per_s"] / base["patients_per_s"]) if base else None
-        r["efficiency"] = r["speedup_vs_1"] / r["workers"] if base else None
+        processes = r["ran_on"] if isinstance(r["ran_on"], int) else 1
+        r["efficiency"] = r["speedup_vs_1"] / processes if base else None
 
     report = {
         "benchmark": "trial_throughput",

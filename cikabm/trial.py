@@ -30,8 +30,9 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -240,13 +241,30 @@ def prepare_kernels(ts: TrialScenario, seed: int, report: Callable[[str], None] 
 
 # --------------------------------------------------------------------------- running a whole trial
 
+#: Phases of :attr:`TrialRun.seconds`, in the order they run.
+TRIAL_PHASES = ("compile", "simulation", "summary", "files", "figures")
+
+#: With the default ``workers``, a trial runs its patients in this process and starts a local Dask
+#: cluster for the rest only once that rest is projected to take longer than this many seconds here:
+#: starting the cluster and its workers' load of the kernels costs a few seconds (measured: 2 workers on
+#: 2 cores made the 230-patient Lee 2015 trial slower than 1 process, ``benchmarks/trial_throughput.py``).
+LOCAL_CLUSTER_AFTER_S = 30.0
+
+
 @dataclass
 class TrialRun:
-    """Where a trial's results are, and the patient table once finished."""
+    """Where a trial's results are, the patient table once finished, and where the time went.
+
+    ``seconds`` holds the wall seconds of each of :data:`TRIAL_PHASES` (``simulation`` includes
+    starting a Dask cluster, when one is started) and ``workers``: ``"this process"``, the number
+    of local worker processes, or ``"scheduler"``.
+    """
 
     out: Path
     patients: pd.DataFrame
     summary: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    workers: int | str = "this process"
 
 
 def _fingerprint(ts: TrialScenario, seed: int, n_patients: int) -> str:
@@ -335,8 +353,10 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     seed : int, optional
         Overrides ``scenario.seed``.
     workers : int, optional
-        Worker processes of the local Dask cluster (default: one per core). With
-        1 and no scheduler, patients run in this process.
+        Worker processes of the local Dask cluster; with 1 (and no scheduler), patients run in this
+        process. Default: in this process, switching to a local cluster of one worker per core for
+        the rest of the trial once that rest is projected to take more than
+        :data:`LOCAL_CLUSTER_AFTER_S` here.
     scheduler : str, optional
         Address of an existing Dask scheduler (then ``workers`` is ignored).
     resume : bool
@@ -382,19 +402,24 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     atomic_write_json(manifest_path, manifest)
     todo = [i for i in range(len(chunks)) if i not in trusted]
     done_patients = sum(len(chunks[i]) for i in trusted)
+    seconds = dict.fromkeys(TRIAL_PHASES, 0.0)
+    clock = time.perf_counter()
     if todo:
         prepare_kernels(ts, seed)  # once, here: workers then load the cache, and the ETA leaves it out
+    clock = _lap(seconds, "compile", clock)
+    ran_on: int | str = "this process"
     bar = tqdm(total=n_patients, initial=done_patients, unit="patient", disable=None if progress is None
                else not progress, desc=ts.scenario.name)
     with bar:
         if todo and client is not None:
             _submit_chunks(client, ts, seed, chunks, todo, chunk_dir, manifest, bar)
-        elif todo and (workers or 0) != 1:
+            ran_on = "scheduler"
+        elif todo and workers is not None and workers > 1:
             _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, bar)
-        else:
-            for i in todo:
-                _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)),
-                             manifest)
+            ran_on = workers
+        elif todo:
+            ran_on = _run_here(ts, seed, chunks, todo, chunk_dir, manifest, bar, switch=workers is None)
+    clock = _lap(seconds, "simulation", clock)
 
     frames = [pd.read_parquet(_chunk_path(chunk_dir, i)) for i in range(len(chunks))]
     patients_df = order_patients(pd.concat(frames, ignore_index=True), [a.name for a in ts.arms])
@@ -419,14 +444,44 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         ref = ts.trial.reference_arm
         summary["mechanism"] = {f"{a.name}_vs_{ref}": mechanism_breakdown(patients_df, a.name, ref)
                                 for a in ts.arms if a.name != ref}
+    clock = _lap(seconds, "summary", clock)
     atomic_write_parquet(patients_df, out / "patients.parquet")
     atomic_write_json(out / "summary.json", to_jsonable(summary))
+    clock = _lap(seconds, "files", clock)
     written = {Path(p).name for p in save_km_figures(patients_df, out)}
     for stale in out.glob("km_*.png"):  # an earlier run's figure of an endpoint this one lacks
         if stale.name not in written:
             stale.unlink()
     shutil.rmtree(chunk_dir)
-    return TrialRun(out=out, patients=patients_df, summary=summary)
+    _lap(seconds, "figures", clock)
+    return TrialRun(out=out, patients=patients_df, summary=summary, seconds=seconds, workers=ran_on)
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
+    """Add the wall seconds since ``since`` to ``seconds[phase]``; returns now."""
+    now = time.perf_counter()
+    seconds[phase] += now - since
+    return now
+
+
+def _run_here(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int], chunk_dir: Path,
+              manifest: dict[str, Any], bar: Any, *, switch: bool) -> int | str:
+    """Run the chunks ``todo`` in this process; with ``switch``, hand the rest to a local cluster of one
+    worker per core once it is projected to take more than :data:`LOCAL_CLUSTER_AFTER_S` here.
+    Returns where they ran (:attr:`TrialRun.workers`)."""
+    start = time.perf_counter()
+    cores = os.cpu_count() or 1
+    done = 0  # patients simulated here
+    for n, i in enumerate(todo):
+        rest = todo[n:]
+        if switch and done > 0 and cores > 1 and len(rest) > 1:
+            per_patient = (time.perf_counter() - start) / done
+            if per_patient * sum(len(chunks[j]) for j in rest) > LOCAL_CLUSTER_AFTER_S:
+                _run_dask(ts, seed, chunks, rest, chunk_dir, manifest, None, bar)
+                return cores
+        _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)), manifest)
+        done += len(chunks[i])
+    return "this process"
 
 
 #: Seconds to wait for a Dask scheduler given by address before saying it cannot be reached.

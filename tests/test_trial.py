@@ -83,6 +83,47 @@ def test_workers_do_not_change_results(tmp_path):
     assert not (tmp_path / "w1" / ".chunks").exists()
 
 
+def test_the_default_runs_a_short_trial_in_this_process(tmp_path, monkeypatch):
+    """Starting a local cluster costs seconds: a trial projected to be short never starts one."""
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a local Dask cluster was started for a short trial")
+
+    monkeypatch.setattr(trial_module, "dask_client", no_cluster)
+    run = run_trial(small(), tmp_path / "t", progress=False)
+    assert run.workers == "this process"
+    assert set(run.seconds) == set(trial_module.TRIAL_PHASES)
+    assert all(s >= 0 for s in run.seconds.values()) and run.seconds["simulation"] > 0
+
+
+def test_the_default_hands_a_long_rest_to_a_local_cluster(tmp_path, monkeypatch):
+    """Once the rest is projected to take longer than LOCAL_CLUSTER_AFTER_S here, the default starts a
+    local cluster for it after the first chunk; the results equal those of one process."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(trial_module, "LOCAL_CLUSTER_AFTER_S", 0.0)
+    started: list[object] = []
+    real_client = trial_module.dask_client
+
+    def client(*args, **kwargs):
+        started.append(args or kwargs)
+        return real_client(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "dask_client", client)
+    switched = run_trial(small(), tmp_path / "auto", progress=False)
+    assert len(started) == 1 and switched.workers == 2
+    one = run_trial(small(), tmp_path / "one", workers=1, progress=False)
+    assert one.workers == "this process" and len(started) == 1
+    pd.testing.assert_frame_equal(switched.patients, one.patients)
+
+
+def test_the_workers_help_states_the_switch_time():
+    from cikabm.cli import build_parser
+
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["trial"].format_help().split())
+    assert f"over {trial_module.LOCAL_CLUSTER_AFTER_S:g} s" in text
+
+
 def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
     ts = small()
     straight = run_trial(ts, tmp_path / "straight", workers=1, progress=False)
