@@ -1213,27 +1213,30 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
                     continue  # engaged effectors do not move
                 if well_mixed:
                     continue
+                # Branch-free: whether it moves, keeps its heading or is blocked are coin flips that a
+                # branch would mispredict half the time; the same draws decide, so nothing changes.
                 bits = draw(key_move, uid)
-                if not hit(bits, ku[kind, 1]):
-                    continue
-                heading = e_heading[i]
-                if heading == 0 or (bits & _LOW32) >= thr_persist:
-                    heading = 1 + pick(draw(key_turn, uid), nnb)
+                moving = hit(bits, ku[kind, 1])
+                old_heading = np.int64(e_heading[i])
+                turn = 1 + pick(draw(key_turn, uid), nnb)
+                keep = (old_heading != 0) & ((bits & _LOW32) < thr_persist)
+                heading = old_heading if keep else turn
                 uh = np.uint64(heading)
                 dest = pos + offsets[uh]
                 udest = np.uint64(dest)
-                if cell[udest] != WALL and has_effector[udest] == 0:
-                    has_effector[upos] = 0
-                    has_effector[udest] = 1
-                    e_pos[i] = dest
-                    e_heading[i] = heading
-                    kl = klass[i]
-                    packed = (kl >> 16) + dp[uh]
-                    u = _layer(packed, three_d, sx, sy, my)
-                    c_next = cnext[np.uint64((kl & 0xFFFF) % N_CLASSES), uh]
-                    klass[i] = (packed << 16) | (zone_of[np.uint64(u)] * N_CLASSES + c_next)
-                else:
-                    e_heading[i] = 0  # blocked: turn at the next move
+                free = moving & (cell[udest] != WALL) & (has_effector[udest] == 0)
+                f = np.int64(free)
+                has_effector[upos] = np.uint8(1 - f)
+                has_effector[udest] = has_effector[udest] | np.uint8(f)
+                e_pos[i] = pos + f * (dest - pos)
+                # moved: the heading; blocked: 0 (turn at the next move); no move drawn: unchanged
+                e_heading[i] = np.uint8(heading * f + old_heading * (1 - np.int64(moving)))
+                kl = klass[i]
+                packed = (kl >> 16) + dp[uh]
+                u = _layer(packed, three_d, sx, sy, my)
+                c_next = cnext[np.uint64((kl & 0xFFFF) % N_CLASSES), uh]
+                new_kl = (packed << 16) | (zone_of[np.uint64(u)] * N_CLASSES + c_next)
+                klass[i] = kl + f * (new_kl - kl)
     if next_order.shape[0] > 0:
         _sort_zone(zone, n_src, order, loff, seg, next_order, next_loff[zone], next_seg[zone], klass)
     # The secretion list, written behind the reading position.
