@@ -1049,18 +1049,17 @@ _PREFETCH_MIN_SITES = 1 << 18
 
 
 # Numba drops writes made through a NamedTuple attribute inside a prange body
-# (``state.array[i] = v`` is lost), so the zone update takes the arrays it
-# writes as plain arguments, unpacked outside the parallel loop. The update of
-# one effector is written out inside the loop on purpose: an inlined function
-# taking arrays costs a reference-count increment and decrement of each array
-# on every call.
+# (``state.array[i] = v`` is lost); a function called from the body that
+# receives the tuples and unpacks them before its loops keeps them (the
+# parallel-path tests compare every thread count). The update of one effector
+# is written out inside the loop on purpose: an inlined function taking arrays
+# costs a reference-count increment and decrement of each array on every call.
 @njit(cache=True, _nrt=False)
-def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                 cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
-                 e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                 offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                 three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order):
-    """One sub-step of every effector of one zone, in this step's class order (``class_order``).
+def _update_zone(zone, n_src, lists, lat, eff, geom, work, ifn, first_sub, step):
+    """One sub-step of every effector of one zone, in this step's class order (``work.class_order``).
+
+    ``lists = (order, loff, seg, next_order, next_loff, next_seg)``: this
+    sub-step's buckets and where the next sub-step's go (see the zone notes).
 
     Bucket (zone, class) is ``order[seg[t] + loff[t, b]:seg[t] + loff[t, b + 1]]``
     for each source ``t < n_src``. Per effector: death (first sub-step), kill
@@ -1084,6 +1083,18 @@ def _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg,
     them: the secretion, added once every zone has read the field
     (:func:`_secrete`).
     """
+    order, loff, seg, next_order, next_loff, next_seg = lists
+    cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
+    has_effector, wake = lat.has_effector, lat.wake
+    e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
+    e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
+    e_uid, e_alive, e_tcr_match, e_event, klass = eff.uid, eff.alive, eff.tcr_match, eff.event, eff.klass
+    offsets, nnb = geom.offsets, geom.n_neighbours
+    three_d = geom.dims == 3
+    pz, py = geom.pz, geom.py
+    kf, ku, thr, ff, level, keys = work.kf, work.ku, work.thr, work.ff, work.level, work.keys
+    tab, zone_of, kz, nsec = work.tab, work.zone_of, work.kz, work.nsec
+    shape, dp, cnext, class_order = work.shape, work.dp, work.cnext, work.class_order
     granules_max = ku[N_KINDS, 0]
     kill_capacity = ku[N_KINDS, 1]
     well_mixed = ku[N_KINDS, 2] != 0
@@ -1286,17 +1297,9 @@ def _sort_zone(zone, n_src, order, loff, seg, next_order, counts, base, klass):
 
 
 @njit(cache=True, parallel=True)
-def _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                            cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
-                            e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                            offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                            three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order):
+def _update_strips_parallel(n_strips, n_src, lists, lat, eff, geom, work, ifn, first_sub, step):
     for k in prange(n_strips):
-        _update_zone(k, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                     cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
-                     e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                     offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                     three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
+        _update_zone(k, n_src, lists, lat, eff, geom, work, ifn, first_sub, step)
 
 
 @njit(cache=True)
@@ -1446,18 +1449,10 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     if n_eff == 0:
         state[_LISTS_VALID] = 0
         return 0
-    cell, ligand, mhc, fas, mhc_lost = lat.cell, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost
-    has_effector, wake = lat.has_effector, lat.wake
-    e_pos, e_kind, e_granules, e_kills = eff.pos, eff.kind, eff.granules, eff.kills
-    e_target, e_mechanism, e_heading = eff.target, eff.mechanism, eff.heading
-    e_uid, e_alive, e_tcr_match, e_event = eff.uid, eff.alive, eff.tcr_match, eff.event
-    klass = eff.klass
-    offsets, nnb = geom.offsets, geom.n_neighbours
+    e_pos, e_alive, klass = eff.pos, eff.alive, eff.klass
     three_d = geom.dims == 3
-    pz, py = geom.pz, geom.py
-    kf, ku, thr, ff, level, keys = work.kf, work.ku, work.thr, work.ff, work.level, work.keys
-    tab, hist, zone_of, kz, nsec = work.tab, work.hist, work.zone_of, work.kz, work.nsec
-    shape, dp, cnext = work.shape, work.dp, work.cnext
+    keys, tab, hist, zone_of, kz, nsec = work.keys, work.tab, work.hist, work.zone_of, work.kz, work.nsec
+    shape = work.shape
     n_zones = n_strips + 1
     n_buckets = n_zones * N_CLASSES
     no_hist = hist[:0]
@@ -1512,23 +1507,16 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
                 for src in range(n_src):
                     total += loff[src, (z + 1) * N_CLASSES] - loff[src, z * N_CLASSES]
         first_sub = sub == 0
+        lists = (order, loff, seg, next_order, next_loff, next_seg)
         if n_strips > 1:
-            _update_strips_parallel(n_strips, n_src, order, loff, seg, next_order, next_loff, next_seg, klass,
-                                    kz, nsec, cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
-                                    e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive,
-                                    e_tcr_match, e_event, offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step,
-                                    keys, three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
+            _update_strips_parallel(n_strips, n_src, lists, lat, eff, geom, work, ifn, first_sub, step)
         for zone in range(0 if n_strips == 1 else n_strips, n_zones):
             if _zone_is_empty(zone, n_src, loff):  # (serially, the margin zone always is)
                 if not prm.well_mixed:
                     next_loff[zone, :] = 0
                 nsec[zone] = 0
                 continue
-            _update_zone(zone, n_src, order, loff, seg, next_order, next_loff, next_seg, klass, kz, nsec,
-                         cell, ligand, mhc, fas, mhc_lost, has_effector, wake, e_pos, e_kind,
-                         e_granules, e_kills, e_target, e_mechanism, e_heading, e_uid, e_alive, e_tcr_match, e_event,
-                         offsets, nnb, kf, ku, thr, ff, level, ifn, first_sub, step, keys,
-                         three_d, pz, py, tab, shape, dp, cnext, zone_of, class_order)
+            _update_zone(zone, n_src, lists, lat, eff, geom, work, ifn, first_sub, step)
         # Secretion, once every effector has read the field.
         _secrete(n_zones, n_src, order, loff, seg, nsec, ifn, prm.ifn_secretion)
         parity = 1 - parity
