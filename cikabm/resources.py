@@ -23,18 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cikabm.convert import step_grid
+from cikabm.kernels import core
 from cikabm.kernels.geometry import make_geometry
 
 #: Memory of the interpreter with NumPy, Numba, pandas and Matplotlib loaded (about 250 MB measured).
 BASE_BYTES = 300 * 2**20
-#: Bytes of state per padded lattice site: seven uint8 arrays (cell, ligand, MHC, Fas, MHC lost,
-#: proposal, effector flag) and the int32 step at which the cell there next acts (wake).
-LATTICE_BYTES_PER_SITE = 11
+#: Bytes of state per padded lattice site (every field of ``core.LATTICE_FIELDS``).
+LATTICE_BYTES_PER_SITE = sum(np.dtype(dtype).itemsize for _, dtype, _ in core.LATTICE_FIELDS)
 #: Bytes of the IFN-gamma field per coarse cell (the field and its scratch copy, float64).
 FIELD_BYTES_PER_CELL = 16
-#: Bytes per effector slot (positions, target, uid, birth step, class and order as int64; eight uint8).
-EFFECTOR_BYTES = 56
+#: Bytes per effector slot (every field of ``core.EFFECTOR_FIELDS``).
+EFFECTOR_BYTES = sum(np.dtype(dtype).itemsize for _, dtype, _, _ in core.EFFECTOR_FIELDS)
 #: Bytes per lattice row of the per-row counts (three int64).
 ROW_BYTES = 24
 #: Transient bytes per interior site while a scattered tumour is seeded (flat index, hash, sort order).

@@ -349,29 +349,7 @@ class Simulation:
 
     def _allocate(self) -> None:
         geom = self.disc.geometry
-        size = geom.pz * geom.py * geom.px
-        cell = np.full(size, core.WALL, dtype=np.uint8)
-        interior_view(cell, geom)[...] = core.EMPTY
-        self.lattice = core.LatticeState(
-            cell=cell,
-            ligand=np.zeros(size, np.uint8),
-            mhc=np.zeros(size, np.uint8),
-            fas=np.zeros(size, np.uint8),
-            mhc_lost=np.zeros(size, np.uint8),
-            proposal=np.zeros(size, np.uint8),
-            has_effector=np.zeros(size, np.uint8),
-            wake=np.full(size, -1, np.int32),  # (an EMPTY site is never due: see LatticeState)
-        )
-        cap = self.scenario.effectors.capacity
-        self.effectors = core.EffectorState(
-            pos=np.zeros(cap, np.int64), kind=np.zeros(cap, np.uint8),
-            granules=np.zeros(cap, np.uint8), kills=np.zeros(cap, np.uint8),
-            target=np.full(cap, -1, np.int64), mechanism=np.zeros(cap, np.uint8),
-            heading=np.zeros(cap, np.uint8), uid=np.zeros(cap, np.int64),
-            born=np.zeros(cap, np.int64), alive=np.zeros(cap, np.uint8), tcr_match=np.zeros(cap, np.uint8),
-            event=np.zeros(cap, np.uint8), klass=np.zeros(cap, np.int64),
-            order=np.zeros(cap, np.int64),
-        )
+        self.lattice, self.effectors = core.allocate_state(geom, self.scenario.effectors.capacity)
         self.ifn = np.zeros(geom.cz * geom.cy * geom.cx, np.float64)
         self.ifn_tmp = np.zeros_like(self.ifn)
         self.counters = np.zeros(core.N_COUNTERS, np.int64)  # (core.C_STORED, C_NEXT_UID, C_DROPPED)

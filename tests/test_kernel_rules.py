@@ -32,10 +32,7 @@ ALL_STILL = {k: STILL for k in KINDS}
 def tiny_lattice(shape=(7, 7), neighbourhood="moore"):
     """An empty padded lattice of interior ``shape`` and its geometry."""
     geom = make_geometry(tuple(shape), neighbourhood, 4)
-    size = geom.pz * geom.py * geom.px
-    cell = np.full(size, core.WALL, np.uint8)
-    interior_view(cell, geom)[...] = core.EMPTY
-    lat = core.LatticeState(cell, *(np.zeros(size, np.uint8) for _ in range(6)), np.full(size, -1, np.int32))
+    lat, _ = core.allocate_state(geom, 0)
     return geom, lat
 
 
@@ -777,3 +774,38 @@ def test_walking_effectors_do_not_drift(shape):
     for axis, side in enumerate(shape):
         sd = side / np.sqrt(12 * n)
         assert abs(occupied[:, axis].mean() - (side - 1) / 2) < 4 * sd, (axis, occupied[:, axis].mean())
+
+
+def test_the_effector_field_list_is_the_state_the_kernel_moves():
+    """One list of effector fields: the allocator makes exactly them, and compaction and the stores by
+    site and arrival move exactly the carried ones (``_carried_wide`` / ``_carried_narrow``)."""
+    from cikabm.kernels.geometry import make_geometry
+
+    lattice, effectors = core.allocate_state(make_geometry((6, 7), "moore", 4), 5)
+    assert effectors._fields == tuple(name for name, *_ in core.EFFECTOR_FIELDS)
+    assert lattice._fields == tuple(name for name, *_ in core.LATTICE_FIELDS)
+    for (name, dtype, value, _), arr in zip(core.EFFECTOR_FIELDS, effectors, strict=True):
+        assert arr.dtype == dtype and arr.shape == (5,) and (arr == value).all(), name
+    moved = core._carried_wide(effectors) + core._carried_narrow(effectors)
+    moved_names = {name for name, arr in zip(effectors._fields, effectors, strict=True)
+                   if any(arr is m for m in moved)}
+    assert len(moved) == len(moved_names)
+    assert moved_names == {name for name, _, _, carried in core.EFFECTOR_FIELDS if carried}
+
+
+def test_compaction_keeps_the_survivors_in_order_with_every_carried_field():
+    from cikabm.kernels.geometry import make_geometry
+
+    _, eff = core.allocate_state(make_geometry((6, 7), "moore", 4), 8)
+    n = 7
+    carried = [name for name, _, _, is_carried in core.EFFECTOR_FIELDS if is_carried and name != "alive"]
+    for k, name in enumerate(carried):
+        getattr(eff, name)[:n] = np.arange(n) + 10 * k
+    eff.alive[:n] = [1, 0, 1, 1, 0, 0, 1]
+    counters = np.array([n, 0, 0], np.int64)
+    core.compact_effectors(eff, counters)
+    survivors = [0, 2, 3, 6]
+    assert counters[core.C_STORED] == len(survivors)
+    for k, name in enumerate(carried):
+        assert list(getattr(eff, name)[:4]) == [s + 10 * k for s in survivors], name
+    assert (eff.alive[:4] == 1).all()

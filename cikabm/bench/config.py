@@ -21,9 +21,6 @@ RECORD_EVERY_STEPS = 36
 #: Files ``cikabm bench`` writes into its output directory.
 BENCH_FILES = ("bench.json", "strong_scaling.png", "weak_scaling.png", "site_updates.png")
 
-#: Effector arrays that are per-sub-step scratch, left out of :func:`state_digest`.
-SCRATCH_EFFECTOR_FIELDS = frozenset({"event", "klass", "order"})
-
 #: What the figures of ``bench.json`` mean.
 DEFINITIONS: dict[str, str] = {
     "site_updates_per_s_per_thread": "interior lattice sites x timed steps / median wall seconds / threads",

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from cikabm.bench.config import (
-    SCRATCH_EFFECTOR_FIELDS,
     BenchConfig,
     _shape_text,
     bench_scenario,
@@ -84,13 +83,15 @@ def _named_arrays(state: Any) -> list[tuple[str, Any]]:
 def state_digest(sim: Any) -> str:
     """SHA-256 of a simulation's state: what must not depend on the thread count.
 
-    Every lattice array, the live part of every effector array except the
-    per-sub-step scratch (:data:`SCRATCH_EFFECTOR_FIELDS`), the IFN-gamma field,
+    Every lattice array, the live part of every effector array carried with
+    the effector (``core.EFFECTOR_FIELDS``; not the scratch), the IFN-gamma field,
     the record table and the tallies (counters, kills, arrivals).
     """
     import numpy as np
 
-    from cikabm.kernels.core import C_STORED
+    from cikabm.kernels.core import C_STORED, EFFECTOR_FIELDS
+
+    carried = {name for name, _, _, is_carried in EFFECTOR_FIELDS if is_carried}
 
     h = hashlib.sha256()
     for name, arr in _named_arrays(sim.lattice):
@@ -98,7 +99,7 @@ def state_digest(sim: Any) -> str:
         h.update(np.ascontiguousarray(arr).tobytes())
     n = int(sim.counters[C_STORED])
     for name, arr in _named_arrays(sim.effectors):
-        if name not in SCRATCH_EFFECTOR_FIELDS:
+        if name in carried:
             h.update(name.encode())
             h.update(np.ascontiguousarray(arr[:n]).tobytes())
     for name in ("ifn", "records", "counters", "kills", "arrivals"):

@@ -201,6 +201,41 @@ class EffectorState(NamedTuple):
     order: np.ndarray  # int64 scratch: two int32 buffers of effectors sorted by bucket (_order_buffers)
 
 
+#: Every lattice field (:class:`LatticeState`, in its order): its dtype and the value of an interior site
+#: at the start (the border is WALL in ``cell`` and the same elsewhere). The allocator and the bytes per
+#: site (``cikabm.resources``) follow this list.
+LATTICE_FIELDS: tuple[tuple[str, type, int], ...] = (
+    ("cell", np.uint8, EMPTY), ("ligand", np.uint8, 0), ("mhc", np.uint8, 0), ("fas", np.uint8, 0),
+    ("mhc_lost", np.uint8, 0), ("proposal", np.uint8, 0), ("has_effector", np.uint8, 0),
+    ("wake", np.int32, -1))
+
+#: Every effector field (:class:`EffectorState`, in its order): its dtype, its value in an empty slot,
+#: and whether it is carried with the effector (compaction and the stores by site and by arrival move
+#: it: :func:`_carried_wide` and :func:`_carried_narrow`, checked against this list by the tests) or is
+#: scratch of a call. The allocator and the bytes per effector follow this list.
+EFFECTOR_FIELDS: tuple[tuple[str, type, int, bool], ...] = (
+    ("pos", np.int64, 0, True), ("kind", np.uint8, 0, True), ("granules", np.uint8, 0, True),
+    ("kills", np.uint8, 0, True), ("target", np.int64, -1, True), ("mechanism", np.uint8, 0, True),
+    ("heading", np.uint8, 0, True), ("uid", np.int64, 0, True), ("born", np.int64, 0, True),
+    ("alive", np.uint8, 0, True), ("tcr_match", np.uint8, 0, True), ("event", np.uint8, 0, False),
+    ("klass", np.int64, 0, False), ("order", np.int64, 0, False))
+
+
+def allocate_state(geom, capacity: int) -> tuple[LatticeState, EffectorState]:
+    """The lattice (every site as at the start: a WALL border around an empty interior) and room for
+    ``capacity`` effectors, from :data:`LATTICE_FIELDS` and :data:`EFFECTOR_FIELDS`."""
+    from cikabm.kernels.geometry import interior_view
+
+    size = geom.pz * geom.py * geom.px
+    lattice = {}
+    for name, dtype, value in LATTICE_FIELDS:
+        lattice[name] = np.full(size, value, dtype)
+    lattice["cell"][:] = WALL
+    interior_view(lattice["cell"], geom)[...] = EMPTY
+    effectors = {name: np.full(capacity, value, dtype) for name, dtype, value, _ in EFFECTOR_FIELDS}
+    return LatticeState(**lattice), EffectorState(**effectors)
+
+
 class KernelParams(NamedTuple):
     """Per-step probabilities and dimensionless numbers (see ``cikabm.params``)."""
 
@@ -1534,14 +1569,26 @@ def effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, 
     return n_died
 
 
+@njit(cache=True, inline="always")
+def _carried_wide(eff):
+    """The int64 fields carried with an effector (:data:`EFFECTOR_FIELDS`)."""
+    return (eff.pos, eff.target, eff.uid, eff.born)
+
+
+@njit(cache=True, inline="always")
+def _carried_narrow(eff):
+    """The uint8 fields carried with an effector (:data:`EFFECTOR_FIELDS`)."""
+    return (eff.kind, eff.granules, eff.kills, eff.mechanism, eff.heading, eff.alive, eff.tcr_match)
+
+
 @njit(cache=True)
 def _permute_effectors(eff, n, perm, tmp_i64, tmp_u8):
     """Reorder the first ``n`` effectors: entry ``j`` becomes old entry ``perm[j]``."""
-    for arr in (eff.pos, eff.target, eff.uid, eff.born):
+    for arr in _carried_wide(eff):
         for j in range(n):
             tmp_i64[j] = arr[perm[j]]
         arr[:n] = tmp_i64[:n]
-    for arr in (eff.kind, eff.granules, eff.kills, eff.mechanism, eff.heading, eff.alive, eff.tcr_match):
+    for arr in _carried_narrow(eff):
         for j in range(n):
             tmp_u8[j] = arr[perm[j]]
         arr[:n] = tmp_u8[:n]
@@ -1600,27 +1647,22 @@ def _store_by_arrival(eff, counters, perm):
 def compact_effectors(eff, counters):
     """Drop dead effectors, keeping the order of the survivors."""
     n_eff = counters[C_STORED]
-    pos, kind, granules, kills, target = eff.pos, eff.kind, eff.granules, eff.kills, eff.target
-    mechanism, heading, uid, born, alive = eff.mechanism, eff.heading, eff.uid, eff.born, eff.alive
-    tcr_match = eff.tcr_match
+    alive = eff.alive
     w = 0
     while w < n_eff and alive[w] != 0:  # the survivors before the first death stay put
         w += 1
-    for i in range(w + 1, n_eff):
-        if alive[i] == 0:
-            continue
-        pos[w] = pos[i]
-        kind[w] = kind[i]
-        granules[w] = granules[i]
-        kills[w] = kills[i]
-        target[w] = target[i]
-        mechanism[w] = mechanism[i]
-        heading[w] = heading[i]
-        uid[w] = uid[i]
-        born[w] = born[i]
-        tcr_match[w] = tcr_match[i]
-        alive[w] = 1
-        w += 1
+    first = w
+    keep = eff.klass  # scratch: the survivors' slots (a compaction starts the effector lists afresh)
+    for i in range(first, n_eff):
+        if alive[i] != 0:
+            keep[w] = i
+            w += 1
+    for arr in _carried_wide(eff):  # keep[j] >= j: moving forward overwrites nothing still to be read
+        for j in range(first, w):
+            arr[j] = arr[keep[j]]
+    for arr in _carried_narrow(eff):
+        for j in range(first, w):
+            arr[j] = arr[keep[j]]
     counters[C_STORED] = w
 
 
