@@ -419,10 +419,12 @@ def test_recognition_rate_formula():
 
 def test_effective_mhc_and_nkg2d_signal():
     em = core.effective_mhc
-    assert em(np.uint8(255), np.uint8(1), 0.9) == 0.0  # loss is genetic: IFN cannot restore it
-    assert em(np.uint8(0), np.uint8(1), 1.0) == 0.0
-    assert em(np.uint8(102), np.uint8(0), 0.0) == pytest.approx(0.4)
-    assert em(np.uint8(102), np.uint8(0), 0.5) == pytest.approx(0.4 + 0.6 * 0.5)
+    assert em(1.0, np.uint8(1), 0.9) == 0.0  # loss is genetic: IFN cannot restore it
+    assert em(0.0, np.uint8(1), 1.0) == 0.0
+    assert em(102 / 255, np.uint8(0), 0.0) == pytest.approx(0.4)
+    assert em(102 / 255, np.uint8(0), 0.5) == pytest.approx(0.4 + 0.6 * 0.5)
+    assert core.effective_level(0.25, 0.5) == 0.25 + 0.75 * 0.5  # Fas alike
+    assert core.ifn_response(0.0, 2.0) == 0.0 and core.ifn_response(2.0, 2.0) == 0.5
     table = nkg2d_signal_table(0.3, 2.0)
     assert table[0] == 0.0 and np.all(np.diff(table) > 0)
     assert table[255] == pytest.approx(1 / (1 + 0.09))

@@ -788,13 +788,24 @@ def recognition_rate(nkg2d_signal, mhc_eff, nkg2d_rate, missing_self, tcr_rate):
 
 
 @njit(cache=True, inline="always")
+def ifn_response(ifn, half_effect):
+    """IFN-gamma response ``g = x / (x + K)`` of a field value ``x`` (0 where there is none)."""
+    return ifn / (ifn + half_effect) if ifn > 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def effective_level(level, ifn_response):
+    """A heritable level (0-1: MHC-I or Fas) as effectors see it: raised toward 1 by IFN-gamma."""
+    return level + (1.0 - level) * ifn_response
+
+
+@njit(cache=True, inline="always")
 def effective_mhc(mhc_level, lost, ifn_response):
-    """MHC-I seen by effectors: the heritable level raised toward 1 by IFN-gamma,
-    0 after genetic loss (IFN-gamma cannot restore it)."""
+    """MHC-I seen by effectors: the heritable level (0-1) raised toward 1 by IFN-gamma,
+    0 after genetic loss (IFN-gamma cannot restore it). The effector update calls it."""
     if lost == 1:
         return 0.0
-    m = mhc_level / 255.0
-    return m + (1.0 - m) * ifn_response
+    return effective_level(mhc_level, ifn_response)
 
 
 @njit(cache=True)
@@ -1212,15 +1223,11 @@ def _update_zone(zone, n_src, lists, lat, eff, geom, work, ifn, first_sub, step)
                                 if g < 0.0:
                                     cz, cy, cx = _unpack(klass[i] >> 16, sx, sy, mx, my)
                                     x = ifn[(tab[cz] + tab[pz + cy] + tab[pz + py + cx]) >> 8]
-                                    g = x / (x + ifn_half) if x > 0.0 else 0.0
+                                    g = ifn_response(x, ifn_half)
                                 if not has_granules:  # Fas/FasL only: needs enough effective Fas
-                                    f = level[fas[un]]
-                                    if f + (1.0 - f) * g < fas_threshold:
+                                    if effective_level(level[fas[un]], g) < fas_threshold:
                                         continue
-                                m = 0.0  # effective MHC-I (see effective_mhc)
-                                if mhc_lost[un] != 1:
-                                    m = level[mhc[un]]
-                                    m = m + (1.0 - m) * g
+                                m = effective_mhc(level[mhc[un]], mhc_lost[un], g)
                                 lig = level[np.uint64(256) + ligand[un]]
                                 r = recognition_rate(lig, m, rate_nkg2d, weight_self, rate_tcr)
                                 if r <= 0.0:
