@@ -627,12 +627,18 @@ def full_hulls(n_rows, nx):
 def tumour_keys(seed, patient, step):
     """The draw keys (uint64[5]) of one step's tumour passes (:func:`tumour_propose`, :func:`tumour_resolve`)."""
     keys = np.empty(5, np.uint64)
+    _tumour_keys_into(keys, seed, patient, step)
+    return keys
+
+
+@njit(cache=True, inline="always")
+def _tumour_keys_into(keys, seed, patient, step):
+    """:func:`tumour_keys` into ``keys`` (the step loop allocates nothing per step)."""
     keys[0] = stream_key(seed, patient, step, P_TUMOUR_EVENT)
     keys[1] = stream_key(seed, patient, step, P_TUMOUR_WAIT)
     keys[2] = stream_key(seed, patient, step, P_CLEAR_WAIT)
     keys[3] = stream_key(seed, patient, step, P_DIVISION_WINNER)
     keys[4] = stream_key(seed, patient, step, P_INHERIT)
-    return keys
 
 
 @njit(cache=True)
@@ -746,16 +752,17 @@ def _resolve_parallel(cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, of
 
 @njit(cache=True)
 def _resolve_pass(lat, geom, hull, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
-                  event_log_q, parallel):
+                  event_log_q, parallel, flags, dying):
+    """The resolve pass; ``flags`` (:func:`_flag_buffer`) and ``dying`` (int64[nx]) are the serial
+    pass's scratch, allocated once by the caller (the parallel pass has its own per row block)."""
     if parallel:
         _resolve_parallel(lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, hull,
                           geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py,
                           geom.px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
                           event_log_q)
     else:
-        flags = _flag_buffer(geom.nx)
         _resolve_rows(0, geom.nz * geom.ny, lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas,
-                      lat.mhc_lost, hull, flags, np.empty(geom.nx, np.int64),
+                      lat.mhc_lost, hull, flags, dying,
                       geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.z0,
                       geom.py, geom.px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
                       event_log_q)
@@ -771,7 +778,7 @@ def tumour_resolve(lat, geom, step, keys, thr_mhc_loss, inherit_sd, event_log_q,
     ``keys``: :func:`tumour_keys`.
     """
     _resolve_pass(lat, geom, full_hulls(geom.nz * geom.ny, geom.nx), step, keys[3], keys[4], keys[1],
-                  thr_mhc_loss, inherit_sd, event_log_q, parallel)
+                  thr_mhc_loss, inherit_sd, event_log_q, parallel, _flag_buffer(geom.nx), np.empty(geom.nx, np.int64))
 
 
 # ---------------------------------------------------------------- effectors
@@ -1976,6 +1983,8 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     hulls[0, :, 0] = 0  # the lattice may have been changed since the last call: claim every site
     hulls[0, :, 1] = geom.nx
     work = effector_work(geom, prm, n_threads)  # (the effectors are sorted afresh too)
+    keys = np.empty(5, np.uint64)  # the step's tumour keys, and the serial resolve pass's scratch
+    flags, dying = _flag_buffer(geom.nx), np.empty(geom.nx, np.int64)
     if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
     uid_stored = counters[C_NEXT_UID]  # effectors of uid >= this arrived after the last store by site
@@ -2001,12 +2010,12 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
         hull_prev = hulls[(step - step_begin) % 2]
         hull = hulls[(step - step_begin + 1) % 2]
         t1 = cycle_counter()
-        keys = tumour_keys(seed, patient, step)
+        _tumour_keys_into(keys, seed, patient, step)
         _propose_pass(lat, geom, hull_prev, hull, step, keys[0], keys[1], keys[2], prm.thr_death_share,
                       prm.event_log_q, prm.clear_log_q, lattice_parallel)
         t2 = cycle_counter()
         _resolve_pass(lat, geom, hull, step, keys[3], keys[4], keys[1], prm.thr_mhc_loss, prm.inherit_sd,
-                      prm.event_log_q, lattice_parallel)
+                      prm.event_log_q, lattice_parallel, flags, dying)
         t3 = cycle_counter()
         n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
                                     work, n_strips)
