@@ -117,11 +117,15 @@ def test_the_default_hands_a_long_rest_to_a_local_cluster(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(switched.patients, one.patients)
 
 
-def test_the_workers_help_states_the_switch_time():
+def test_the_help_and_readme_state_the_switch_time():
     from cikabm.cli import build_parser
 
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["trial"].format_help().split())
     assert f"over {trial_module.LOCAL_CLUSTER_AFTER_S:g} s" in text
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"more than {trial_module.LOCAL_CLUSTER_AFTER_S:g} s there (`LOCAL_CLUSTER_AFTER_S`" in readme
 
 
 def test_killed_trial_resumes_to_the_same_result(tmp_path, monkeypatch):
