@@ -1214,7 +1214,12 @@ def _update_zone(zone, n_src, lists, lat, eff, geom, work, ifn, first_sub, step)
                         # succeeds, picks the target by the weighted reservoir.
                         total = 0.0
                         chosen = -1
-                        for scan in range(2):
+                        # Most effectors stand where no cell lives: one branch-free test of the whole
+                        # neighbourhood spares them a mispredicted branch per neighbour.
+                        any_live = False
+                        for k in range(nnb + 1):
+                            any_live |= cell[np.uint64(pos + offsets[np.uint64(k)])] == LIVE
+                        for scan in range(2 if any_live else 0):
                             if scan == 1:
                                 if total <= 0.0:
                                     break
