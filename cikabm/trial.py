@@ -477,7 +477,7 @@ def _run_here(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[
         if switch and done > 0 and cores > 1 and len(rest) > 1:
             per_patient = (time.perf_counter() - start) / done
             if per_patient * sum(len(chunks[j]) for j in rest) > LOCAL_CLUSTER_AFTER_S:
-                _run_dask(ts, seed, chunks, rest, chunk_dir, manifest, None, bar)
+                _run_dask(ts, seed, chunks, rest, chunk_dir, manifest, cores, bar)
                 return cores
         _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)), manifest)
         done += len(chunks[i])
