@@ -545,7 +545,7 @@ def plot_km(patients: pd.DataFrame, endpoint: str, *, arms: Sequence[str] | None
     ax : matplotlib.axes.Axes, optional
         Axes to draw into; a new figure (:data:`KM_FIGSIZE`, via pyplot) when
         None. With a given axes the at-risk table hangs below it and the
-        legend to its right: leave room, or save with ``bbox_inches="tight"``.
+        legend to its right: leave room (``fig.tight_layout()`` makes it), or save with ``bbox_inches="tight"``.
     at_risk : bool, default True
         Add the at-risk table.
     title : str, optional
@@ -683,8 +683,8 @@ def save_km_figures(patients: pd.DataFrame, out_dir: str | Path, *, endpoints: I
         fig = Figure(figsize=KM_FIGSIZE)
         ax = fig.add_subplot()
         plot_km(patients, endpoint, ax=ax, **plot_kw)
-        fig.tight_layout()
+        fig.tight_layout()  # (makes room for the legend and the at-risk table: no second draw to crop)
         path = out / f"km_{endpoint}.png"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths

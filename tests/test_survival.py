@@ -323,6 +323,10 @@ def test_four_arm_km_legend_lies_outside_the_curves(tmp_path) -> None:
     assert len(ax.get_legend().get_texts()) == 4
     figure_box = fig.bbox
     assert figure_box.x0 <= legend.x0 and legend.x1 <= figure_box.x1 + 1  # tight_layout keeps it in the figure
+    # ... and the at-risk table under the axes (save_km_figures saves the figure as laid out, uncropped)
+    for axes in fig.axes:
+        box = axes.get_tightbbox()
+        assert figure_box.y0 - 1 <= box.y0 and box.x0 >= figure_box.x0 - 1, (box, figure_box)
 
 
 def test_landmark_at_the_end_of_follow_up_uses_the_last_follow_up_time():
