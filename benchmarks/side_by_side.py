@@ -8,7 +8,10 @@ its own tree's ``cikabm`` (``PYTHONPATH``) and loads its own Numba cache
 (compiled once, in an untimed warm-up run). Only the timed window counts:
 ``Simulation.advance`` of a benchmark configuration after its warm-up steps
 (:data:`cikabm.bench.config.CONFIGS`), and ``run_trial`` of the Lee 2015
-scenario in one process (``workers=1``: simulation, files and KM figures).
+scenario (simulation, files and KM figures) in one process one patient at a
+time (``workers=1``) and as ``cikabm trial`` runs it without ``--workers`` in
+each tree (``default``: at the issue's start a local Dask cluster of one
+worker per core, now threads in one process).
 
 The default baseline is the commit at the start of the kernel-v2 issue
 (:data:`ISSUE_START`). Each result records the state digest (kernel) or the
@@ -19,6 +22,7 @@ Usage::
 
     python benchmarks/side_by_side.py [--baseline REV] [--configs 2d_1024,2d_256] [--threads 1]
                                       [--rounds 5] [--no-trial] [--trial-rounds 3]
+                                      [--trial-workers 1,default]
                                       [--out benchmarks/results/side_by_side.json]
 """
 
@@ -72,7 +76,8 @@ else:
     ts = load_scenario(spec["scenario"])
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        run = run_trial(ts, folder + "/out", workers=1, patients=spec.get("patients"), progress=False)
+        run = run_trial(ts, folder + "/out", workers=spec.get("workers", 1), patients=spec.get("patients"),
+                        progress=False)
         out["seconds"] = time.perf_counter() - start
         summary = json.load(open(folder + "/out/summary.json"))
     first = "rfs" if "rfs" in summary["endpoints"] else "pfs"
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-trial", action="store_true", help="leave out the Lee 2015 trial")
     parser.add_argument("--trial-rounds", type=int, default=3)
+    parser.add_argument("--trial-workers", default="1,default",
+                        help="how each tree runs the trial: 1 (this process, one patient at a time) and/or "
+                             "default (as cikabm trial runs it without --workers in that tree)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "side_by_side.json")
     args = parser.parse_args(argv)
 
@@ -180,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
                 "order of the trees; speed-up = median baseline seconds / median current seconds",
         "kernel": kernel,
     }
-    if not args.no_trial:
-        runs = alternate(trees, {"what": "trial", "scenario": SCENARIO}, args.trial_rounds, "Lee 2015 trial")
+    for workers in ([] if args.no_trial else [w.strip() for w in args.trial_workers.split(",") if w.strip()]):
+        spec = {"what": "trial", "scenario": SCENARIO, "workers": None if workers == "default" else int(workers)}
+        runs = alternate(trees, spec, args.trial_rounds, f"Lee 2015 trial, workers {workers}")
         medians = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-        report["trial"] = {
-            "scenario": SCENARIO, "workers": 1,
+        key = "trial" if workers == "1" else f"trial_workers_{workers}"
+        report[key] = {
+            "scenario": SCENARIO, "workers": workers,
             "seconds": {name: [r["seconds"] for r in rs] for name, rs in runs.items()},
             "median_seconds": medians,
             "time_fraction": medians["current"] / medians["baseline"],
             "first_endpoint_medians": {name: rs[0]["medians"] for name, rs in runs.items()},
         }
-        print(f"Lee 2015 trial: {medians['baseline']:.1f} s -> {medians['current']:.1f} s "
-              f"({report['trial']['time_fraction']:.2f} of the time)", flush=True)
+        print(f"Lee 2015 trial, workers {workers}: {medians['baseline']:.1f} s -> {medians['current']:.1f} s "
+              f"({report[key]['time_fraction']:.2f} of the time)", flush=True)
     report["wall_seconds"] = time.perf_counter() - started
     write_report(args.out, report)
     return 0

@@ -2,10 +2,11 @@
 
 Runs the Lee 2015 scenario trial (``scenarios/hcc_adjuvant_lee2015.toml``)
 end to end with :func:`cikabm.trial.run_trial` into a temporary directory, for
-each worker count: with 1 worker the patients run in this process, with more
-on a local Dask cluster of that many processes (cluster start-up included,
-as in ``cikabm trial``), and ``default`` as ``cikabm trial`` without
-``--workers`` (in this process, then a local cluster for a long rest). Each
+each worker count: with 1 worker the patients run in this process one at a
+time, with more on a local Dask cluster of that many processes (cluster
+start-up included, as in ``cikabm trial``), and ``default`` as ``cikabm trial``
+without ``--workers`` (in this process, one thread per core, then a local
+cluster for a long rest). Each
 result records where its wall time went (``seconds_by_phase``: compile,
 simulation, summary, files, figures; :data:`cikabm.trial.TRIAL_PHASES`).
 Writing ``patients.parquet``, ``summary.json`` and

@@ -145,9 +145,10 @@ def _add_cohort_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", metavar="N", type=_int_in("--seed", 0, 2**63 - 1), default=None,
                         help="random seed (default: the scenario's scenario.seed)")
     parser.add_argument("--workers", metavar="N", type=_int_in("--workers", 1, 1024), default=None,
-                        help="worker processes of the local Dask cluster; 1 runs in this process "
-                             "(default: in this process, then one worker per CPU core for the rest once "
-                             "it is projected to take over 30 s); results do not depend on it")
+                        help="worker processes of the local Dask cluster; 1 runs in this process, one "
+                             "patient at a time (default: in this process, one thread per CPU core, then "
+                             "one worker per core for the rest once it is projected to take over 30 s); "
+                             "results do not depend on it")
     parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
                         help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--resume", action="store_true", help="keep the finished patients of an interrupted run")
@@ -205,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "arm: times, event flags, infusions received, covariates), DIR/summary.json "
                           "(per endpoint and arm: median with 95 % CI; per comparison: hazard ratio with "
                           "95 % CI and log-rank p) and Kaplan-Meier plots DIR/km_<endpoint>.png.",
-                          "Patients run in this process or in parallel on Dask distributed: a local cluster of "
-                          "--workers processes (by default only when the trial is long enough to gain from "
-                          "it), or the cluster behind --scheduler. Finished patients are kept in "
-                          "DIR/.chunks; after a crash, the same command with --resume finishes the "
-                          "trial without redoing them, and the results equal those of an uninterrupted "
-                          "run."),
+                          "Patients run in this process (in threads, one per core) or in parallel on Dask "
+                          "distributed: a local cluster of --workers processes (by default only when the "
+                          "trial is long enough to gain from it), or the cluster behind --scheduler. "
+                          "Finished patients are kept in DIR/.chunks; after a crash, the same command "
+                          "with --resume finishes the trial without redoing them, and the results equal "
+                          "those of an uninterrupted run."),
         epilog=_wrap("example:\n  cikabm trial scenarios/hcc_adjuvant_lee2015.toml --out results/lee2015"),
         formatter_class=_Formatter)
     tri.add_argument("scenario", metavar="SCENARIO", type=Path, help="trial scenario file (TOML with [trial])")

@@ -340,7 +340,7 @@ def order_patients(frame: pd.DataFrame, arm_names: list[str]) -> pd.DataFrame:
 @writes_into_out
 def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed: int | None = None,
               workers: int | None = None, scheduler: str | None = None, resume: bool = False,
-              progress: bool | None = None, client: Any | None = None) -> TrialRun:
+              progress: bool | None = None, client: Any | None = None, threads: int | None = None) -> TrialRun:
     """Run a virtual trial and write ``out/patients.parquet``, ``summary.json`` and KM plots.
 
     Parameters
@@ -354,9 +354,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
         Overrides ``scenario.seed``.
     workers : int, optional
         Worker processes of the local Dask cluster; with 1 (and no scheduler), patients run in this
-        process. Default: in this process, switching to a local cluster of one worker per core for
-        the rest of the trial once that rest is projected to take more than
-        :data:`LOCAL_CLUSTER_AFTER_S` here.
+        process, one at a time. Default: in this process, ``threads`` patients at a time, switching
+        to a local cluster of one worker per core for the rest of the trial once that rest is
+        projected to take more than :data:`LOCAL_CLUSTER_AFTER_S` here.
     scheduler : str, optional
         Address of an existing Dask scheduler (then ``workers`` is ignored).
     resume : bool
@@ -367,6 +367,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     client : dask.distributed.Client, optional
         A client to run on (then ``workers`` and ``scheduler`` are ignored):
         replicate trials share one cluster.
+    threads : int, optional
+        Chunks of patients simulated at once when they run in this process with the default
+        ``workers`` (default: one per CPU core). Results do not depend on it.
     """
     from tqdm.auto import tqdm
 
@@ -418,7 +421,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
             _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, bar)
             ran_on = workers
         elif todo:
-            ran_on = _run_here(ts, seed, chunks, todo, chunk_dir, manifest, bar, switch=workers is None)
+            n_threads = 1 if workers == 1 else (os.cpu_count() or 1) if threads is None else threads
+            ran_on = _run_here(ts, seed, chunks, todo, chunk_dir, manifest, bar, switch=workers is None,
+                               threads=n_threads)
     clock = _lap(seconds, "simulation", clock)
 
     frames = [pd.read_parquet(_chunk_path(chunk_dir, i)) for i in range(len(chunks))]
@@ -465,23 +470,57 @@ def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
 
 
 def _run_here(ts: TrialScenario, seed: int, chunks: list[list[int]], todo: list[int], chunk_dir: Path,
-              manifest: dict[str, Any], bar: Any, *, switch: bool) -> int | str:
-    """Run the chunks ``todo`` in this process; with ``switch``, hand the rest to a local cluster of one
-    worker per core once it is projected to take more than :data:`LOCAL_CLUSTER_AFTER_S` here.
-    Returns where they ran (:attr:`TrialRun.workers`)."""
+              manifest: dict[str, Any], bar: Any, *, switch: bool, threads: int) -> int | str:
+    """Run the chunks ``todo`` in this process, ``threads`` chunks at a time; with ``switch``, hand the
+    chunks not yet started to a local cluster of one worker per core once they are projected to take
+    more than :data:`LOCAL_CLUSTER_AFTER_S` here. Returns where they ran (:attr:`TrialRun.workers`).
+
+    The lattice and compartment kernels release the GIL, so threads simulate patients side by side
+    with no process to start; results do not depend on the thread count (counter-based draws per
+    patient), and only this thread writes chunks and the manifest.
+    """
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     start = time.perf_counter()
     cores = os.cpu_count() or 1
     done = 0  # patients simulated here
-    for n, i in enumerate(todo):
-        rest = todo[n:]
-        if switch and done > 0 and cores > 1 and len(rest) > 1:
-            per_patient = (time.perf_counter() - start) / done
-            if per_patient * sum(len(chunks[j]) for j in rest) > LOCAL_CLUSTER_AFTER_S:
-                _run_dask(ts, seed, chunks, rest, chunk_dir, manifest, cores, bar)
-                return cores
-        _write_chunk(chunk_dir, i, simulate_chunk(ts, chunks[i], seed, on_patient=lambda: bar.update(1)), manifest)
-        done += len(chunks[i])
+    waiting = list(todo)
+    stop = threading.Event()  # set when this thread stops (an error, Ctrl+C): chunks end at their next patient
+
+    def patient_done() -> None:
+        bar.update(1)
+        if stop.is_set():
+            raise _Stopped
+
+    threads = max(1, threads)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cikabm-trial") as pool:
+        running: dict[Any, int] = {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < threads:
+                    i = waiting.pop(0)
+                    running[pool.submit(simulate_chunk, ts, chunks[i], seed, on_patient=patient_done)] = i
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = running.pop(future)
+                    _write_chunk(chunk_dir, i, future.result(), manifest)
+                    done += len(chunks[i])
+                if switch and waiting and cores > 1:
+                    per_patient = (time.perf_counter() - start) / done  # wall seconds, threads included
+                    if per_patient * sum(len(chunks[j]) for j in waiting) > LOCAL_CLUSTER_AFTER_S:
+                        for future in wait(running).done:
+                            _write_chunk(chunk_dir, running[future], future.result(), manifest)
+                        _run_dask(ts, seed, chunks, waiting, chunk_dir, manifest, cores, bar)
+                        return cores
+        except BaseException:
+            stop.set()
+            raise
     return "this process"
+
+
+class _Stopped(Exception):
+    """Ends a chunk running in a thread of :func:`_run_here` once the caller has stopped."""
 
 
 #: Seconds to wait for a Dask scheduler given by address before saying it cannot be reached.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -81,6 +83,31 @@ def test_workers_do_not_change_results(tmp_path):
         pd.read_parquet(tmp_path / "w2" / "patients.parquet"))
     assert len(one) == 12 * 2
     assert not (tmp_path / "w1" / ".chunks").exists()
+
+
+def test_threads_do_not_change_results(tmp_path, monkeypatch):
+    """In this process, chunks run in threads (the kernels release the GIL): the files equal those of
+    one patient at a time, and the chunks ran in threads other than the caller's."""
+    import threading
+
+    ran_in: set[str] = set()
+    real = trial_module.simulate_chunk
+
+    def recording(*args, **kwargs):
+        ran_in.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "simulate_chunk", recording)
+    one = run_trial(small(), tmp_path / "t1", workers=1, progress=False)
+    assert ran_in == {"cikabm-trial_0"}
+    ran_in.clear()
+    three = run_trial(small(), tmp_path / "t3", threads=3, progress=False)
+    assert three.workers == "this process" and len(ran_in) == 3  # (3 chunks, started together)
+    pd.testing.assert_frame_equal(one.patients, three.patients)
+    assert pd.read_parquet(tmp_path / "t1" / "patients.parquet").equals(
+        pd.read_parquet(tmp_path / "t3" / "patients.parquet"))
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("t1", "t3")]
+    assert summaries[0]["endpoints"] == summaries[1]["endpoints"]
 
 
 def test_the_default_runs_a_short_trial_in_this_process(tmp_path, monkeypatch):

@@ -98,7 +98,8 @@ def _arrivals(key, stochastic, mean):
     return mean
 
 
-@njit(cache=True)
+# nogil: a trial simulates patients in threads of one process (cikabm.trial._run_here).
+@njit(cache=True, nogil=True)
 def lesion_course(tumour, effectors, kills, params, cik, step0, step1, steps_per_day, seed, lesion, out):
     """Advance one lesion from ``step0`` to at most ``step1``; the status and the last step.
 

@@ -1949,7 +1949,8 @@ def live_cells(cell, geom):
     return n
 
 
-@njit(cache=True)
+# nogil: a trial simulates patients in threads of one process (cikabm.trial._run_here).
+@njit(cache=True, nogil=True)
 def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed, patient,
               step_begin, step_end, mean_cik, mean_ctl, record_every, records, row_counts,
               n_threads, parallel_min, pass_ticks, check_every=0, stop_cells=0):
