@@ -421,9 +421,12 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
             _run_dask(ts, seed, chunks, todo, chunk_dir, manifest, workers, bar)
             ran_on = workers
         elif todo:
-            n_threads = 1 if workers == 1 else (os.cpu_count() or 1) if threads is None else threads
+            if workers == 1:  # one patient at a time
+                threads = 1
+            elif threads is None:
+                threads = os.cpu_count() or 1
             ran_on = _run_here(ts, seed, chunks, todo, chunk_dir, manifest, bar, switch=workers is None,
-                               threads=n_threads)
+                               threads=threads)
     clock = _lap(seconds, "simulation", clock)
 
     frames = [pd.read_parquet(_chunk_path(chunk_dir, i)) for i in range(len(chunks))]
