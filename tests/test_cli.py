@@ -256,6 +256,20 @@ def test_run_bad_option_values(tiny: Path, tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "out").exists()
 
 
+def test_console_script_returns_main_status_and_spares_the_exit_collections(tiny: Path):
+    """The console script is main() followed by gc.freeze(): the exit's collections skip what is left."""
+    import gc
+
+    from cikabm.cli import console_main
+
+    try:
+        assert console_main(["validate", str(tiny)]) == 0
+        assert gc.get_freeze_count() > 0
+        assert console_main(["validate", str(tiny) + ".missing"]) == 2
+    finally:
+        gc.unfreeze()
+
+
 # --------------------------------------------------------------------------- validate
 
 def test_validate_ok(tiny: Path, capsys: pytest.CaptureFixture[str]):
