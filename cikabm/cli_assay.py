@@ -150,14 +150,14 @@ def cmd_assay(args: argparse.Namespace) -> int:
     def writer(tmp: Path) -> None:
         from matplotlib.figure import Figure
 
-        from cikabm.io import atomic_write_json, provenance, to_jsonable
+        from cikabm.io import atomic_write_json, provenance, save_png, to_jsonable
         from cikabm.plotting import plot_assay
 
         table.to_csv(tmp / "assay.csv", index=False, lineterminator="\n", float_format="%.6g")
         result.replicates.to_csv(tmp / "replicates.csv", index=False, lineterminator="\n", float_format="%.6g")
         fig = Figure(figsize=(6.6, 4.6), layout="constrained")
         plot_assay(result, ax=fig.add_subplot())
-        fig.savefig(tmp / "assay.png", dpi=120)
+        save_png(fig, tmp / "assay.png", dpi=120)
         atomic_write_json(tmp / "summary.json", to_jsonable({
             "scenario": scenario.scenario.name, **provenance(), "design": design.__dict__, "et_ratios": ets,
             "conditions": [c.__dict__ for c in conditions], "anchor": result.anchor,

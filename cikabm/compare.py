@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from cikabm.io import writes_into_out
+from cikabm.io import save_png, writes_into_out
 from cikabm.mechanism import add_mechanism_columns
 from cikabm.params import Phase
 from cikabm.schedules import (
@@ -673,7 +673,7 @@ def save_comparison_figure(table: pd.DataFrame, path: str | Path, *, dpi: int = 
     plot_comparison(table, axes=axes)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    save_png(fig, path, dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from cikabm.io import save_png
 from cikabm.params import KIND_KEYS, KIND_LABELS
 
 __all__ = [
@@ -676,7 +677,7 @@ def save_run_figures(results: Any, out_dir: str | Path, *, dpi: int = 110) -> li
     plot_kill_matrix(results.kills_table(), ax=axs[1, 1])
     fig.suptitle(heading, fontsize="large")
     path = out_dir / "populations.png"
-    fig.savefig(path, dpi=dpi, facecolor="white")
+    save_png(fig, path, dpi=dpi, facecolor="white")
     written.append(path)
 
     snaps = list(results.snapshots)
@@ -689,6 +690,6 @@ def save_run_figures(results: Any, out_dir: str | Path, *, dpi: int = 110) -> li
         plot_snapshots(snaps, axes, site_size_um=sc.lattice.site_size_um,
                        title=f"{sc.scenario.name}: lattice{plane}, seed {results.seed}")
         path = out_dir / "snapshots.png"
-        fig.savefig(path, dpi=dpi, facecolor="white")
+        save_png(fig, path, dpi=dpi, facecolor="white")
         written.append(path)
     return written

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cikabm.io import atomic_write_json, provenance, to_jsonable, writes_into_out
+from cikabm.io import atomic_write_json, provenance, save_png, to_jsonable, writes_into_out
 from cikabm.trial_params import TrialScenario
 
 #: What ``cikabm trial --replicates`` writes into its output folder (see :data:`cikabm.trial.TRIAL_OUTPUTS`).
@@ -150,7 +150,7 @@ def run_replicates(ts: TrialScenario, out: Path, n_replicates: int, *, patients:
     atomic_write_json(out / "replicates.json", to_jsonable(summary))
     fig = plot_replicate_hazard_ratios(table, ts).figure
     tmp_png = out / "hr_replicates.tmp.png"
-    fig.savefig(tmp_png, dpi=120)
+    save_png(fig, tmp_png, dpi=120)
     tmp_png.replace(out / "hr_replicates.png")
     import matplotlib.pyplot as plt
 

@@ -45,6 +45,8 @@ from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from lifelines.statistics import logrank_test
 from lifelines.utils import median_survival_times, restricted_mean_survival_time
 
+from cikabm.io import save_png
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -685,6 +687,6 @@ def save_km_figures(patients: pd.DataFrame, out_dir: str | Path, *, endpoints: I
         plot_km(patients, endpoint, ax=ax, **plot_kw)
         fig.tight_layout()  # (makes room for the legend and the at-risk table: no second draw to crop)
         path = out / f"km_{endpoint}.png"
-        fig.savefig(path, dpi=dpi)
+        save_png(fig, path, dpi=dpi)
         paths.append(path)
     return paths

@@ -199,3 +199,21 @@ def test_atomic_write_json_numpy_and_nonfinite(tmp_path: Path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"n": 3, "x": 0.5, "a": [0, 1, 2], "nan": None, "inf": None, "t": [1, 2],
                                 "p": "a/b"}
+
+
+def test_save_png_keeps_every_pixel_of_matplotlibs_own_png(tmp_path: Path):
+    """The faster zlib level changes the bytes, not the image: same pixels and dpi as Matplotlib's default."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(3.0, 2.0))
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2], [1.0, 0.6, 0.4], drawstyle="steps-post")
+    ax.set_title("KM")
+    cio.save_png(fig, tmp_path / "ours.png", dpi=90)
+    fig.savefig(tmp_path / "default.png", dpi=90)
+    with Image.open(tmp_path / "ours.png") as ours, Image.open(tmp_path / "default.png") as default:
+        assert ours.format == "PNG"
+        assert ours.size == default.size == (270, 180)
+        assert np.array_equal(np.asarray(ours), np.asarray(default))
+        assert ours.info["dpi"] == pytest.approx(default.info["dpi"])

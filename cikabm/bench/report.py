@@ -12,6 +12,7 @@ from cikabm.bench.config import (
     MESA_RATIO_TARGET,
     _shape_text,
 )
+from cikabm.io import save_png
 
 # --------------------------------------------------------------------------- output
 
@@ -244,7 +245,7 @@ def save_plots(report: dict[str, Any], directory: str | os.PathLike[str]) -> lis
         ax1.legend(fontsize=8)
         fig.suptitle(f"{title}; grey: more threads than cores")
         path = directory / "strong_scaling.png"
-        fig.savefig(path, dpi=110)
+        save_png(fig, path, dpi=110)
         written.append(path)
 
     if weak:
@@ -267,7 +268,7 @@ def save_plots(report: dict[str, Any], directory: str | os.PathLike[str]) -> lis
         ax1.legend(fontsize=8)
         fig.suptitle(title)
         path = directory / "weak_scaling.png"
-        fig.savefig(path, dpi=110)
+        save_png(fig, path, dpi=110)
         written.append(path)
 
     if configs:
@@ -293,7 +294,7 @@ def save_plots(report: dict[str, Any], directory: str | os.PathLike[str]) -> lis
         ax.set_title(f"{title}: median, min-max bars; hatched: more threads than cores")
         ax.legend(fontsize=8)
         path = directory / "site_updates.png"
-        fig.savefig(path, dpi=110)
+        save_png(fig, path, dpi=110)
         written.append(path)
     return written
 

@@ -36,6 +36,7 @@ from typing import Any
 import solara
 from matplotlib.figure import Figure
 
+from cikabm.io import save_png
 from cikabm.mesa.model import SCHEDULE_CHOICES, TEACHING_SCENARIO, CIKModel
 from cikabm.params import KIND_KEYS, KIND_LABELS
 from cikabm.plotting import (
@@ -209,7 +210,7 @@ PANELS: tuple[tuple[str, Callable[[CIKModel], Figure]], ...] = (
 def _data_url(fig: Figure) -> str:
     """A figure as a PNG data URL (an ``<img>`` source: equal pictures, equal sources)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    save_png(fig, buffer, dpi=FIGURE_DPI)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
