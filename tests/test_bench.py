@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cikabm import bench
@@ -420,6 +421,66 @@ def test_rng_floor_script_writes_both_timings(tmp_path: Path):
         assert result[name]["ns_per_visited_site"] == pytest.approx(
             1e3 * result[name]["us_per_step"] / result["sites_visited_per_step"])
     assert "ns per visited site" in printed.getvalue()
+
+
+def _effector_floor_module():
+    spec = importlib.util.spec_from_file_location("effector_floor", ROOT / "benchmarks" / "effector_floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_effector_floor_walk_moves_effectors_as_the_kernel_does():
+    """The floor's walk is the rules' walk: effectors far apart, no tumour and no deaths, one step of the
+    kernel's effector pass and of the floor's walk leave every position and heading the same."""
+    from cikabm.kernels import core
+    from cikabm.kernels.geometry import flat_index
+    from cikabm.scenario import scenario_from_dict
+    from cikabm.simulation import Simulation
+
+    walk = _effector_floor_module().walk
+    sim = Simulation(scenario_from_dict(bench.bench_scenario((64, 64))), threads=1)
+    geom = sim.disc.geometry
+    prm = sim.disc.params._replace(thr_eff_death=np.zeros_like(sim.disc.params.thr_eff_death))
+    placed = sim.add_effectors(0, 16) + sim.add_effectors(3, 16)
+    assert placed == 32
+    lat, eff = sim.lattice, sim.effectors
+    lat.cell[lat.cell != core.WALL] = core.EMPTY
+    grid = np.array([(y, x) for y in range(4, 64, 16) for x in range(2, 64, 8)])  # at least 8 sites apart
+    lat.has_effector[:] = 0
+    eff.pos[:32] = flat_index(geom, grid)
+    lat.has_effector[eff.pos[:32]] = 1
+    eff.heading[:32] = np.arange(32) % (geom.n_neighbours + 1)  # some walking on, some about to turn
+    pos, heading, has_effector = eff.pos.copy(), eff.heading.copy(), lat.has_effector.copy()
+    walk(np.arange(32), pos, heading, eff.uid, eff.kind, has_effector, lat.cell, geom.offsets, geom.n_neighbours,
+         geom.px, prm.thr_move, prm.thr_persist, sim.seed, sim.patient, 5, 1, prm.n_sub, False)
+    core.effector_substeps(lat, eff, sim.counters, sim.kills, geom, prm, sim.ifn, sim.seed, sim.patient, 5,
+                           core.effector_work(geom, prm, 1), 1)
+    assert np.array_equal(eff.alive[:32], np.ones(32, np.uint8))
+    assert not np.array_equal(pos[:32], flat_index(geom, grid))  # they walked
+    assert np.array_equal(pos[:32], eff.pos[:32])
+    assert np.array_equal(heading[:32], eff.heading[:32])
+    assert np.array_equal(has_effector, lat.has_effector)
+
+
+def test_effector_floor_script_writes_the_floors_and_the_step(tmp_path: Path):
+    """benchmarks/effector_floor.py: both floors and the whole pass per effector sub-step, the step split."""
+    out = tmp_path / "effector_floor.json"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert _effector_floor_module().main(["--configs", "2d_64", "--rounds", "1", "--steps", "2",
+                                              "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["configs"]["2d_64"]
+    assert result["effectors"] > 0
+    for name in ("walk", "walk_contact", "effector_pass"):
+        assert result[name]["ns_per_effector_substep_min"] > 0
+    for name in ("walk", "walk_contact"):
+        assert result[name]["share_of_effector_pass"] == pytest.approx(
+            result[name]["ns_per_effector_substep_min"] / result["effector_pass"]["ns_per_effector_substep_min"])
+    assert result["step"]["us_min"] > 0
+    if CYCLE_COUNTER:
+        assert sum(result["step"]["us_by_pass"].values()) == pytest.approx(result["step"]["us_min"])
+        assert result["step"]["us_with_effectors_at_floor"] > 0
+    assert "walk-and-contact floor" in printed.getvalue() or not CYCLE_COUNTER
 
 
 @pytest.mark.parametrize(("repeats", "quick", "sizes"), [
