@@ -511,8 +511,24 @@ def random_interior_site(bits, geom):
 # its first event after a Geometric(p) number of steps, and so on after each
 # event (the rates are constant per cell; contact inhibition acts at the event,
 # as before: a division with no empty neighbour is lost).
+#
+# A row's hull record is ``hull[r] = (lo, hi, marks...)``: bit ``g & 63`` of
+# ``marks[g >> 6]`` is set when the propose pass found a cell due in the group
+# of eight sites ``8 g .. 8 g + 7`` of the row, and the resolve pass visits
+# only the marked groups: the dying cells it clears and the proposers it
+# resolves were all due at the step (a proposer, or a cell that died in the
+# propose pass, was due itself; a kill by an effector sets its clearance step
+# after the step's tumour passes). A row's proposals lie within its hull, so the
+# propose pass clears only last step's hull of the row.
 ROW_BLOCK = 8  # rows per parallel work item
 _CHUNK = 64
+_GROUP = 8  # sites per mark bit
+
+
+@njit(cache=True)
+def hull_width(nx):
+    """Columns of a row's hull record for rows of ``nx`` sites: ``lo``, ``hi`` and the marks."""
+    return 2 + (nx + 64 * _GROUP - 1) // (64 * _GROUP)
 
 
 @njit(cache=True, inline="always")
@@ -532,7 +548,9 @@ def _propose_rows(r0, r1, cell, wake, proposal, hull_prev, hull, offsets, nnb, n
         cell_row = cell[base:base + nx]
         wake_row = wake[base:base + nx]
         prop_row = proposal[base:base + nx]
-        prop_row[:] = 0
+        prop_row[max(hull_prev[r, 0], 0):max(hull_prev[r, 1], 0)] = 0  # (see the tumour notes)
+        for w in range(2, hull.shape[1]):
+            hull[r, w] = 0
         # Sites that may be occupied: the neighbour rows' hulls grown by one.
         z = r // ny
         y = r - z * ny
@@ -565,8 +583,11 @@ def _propose_rows(r0, r1, cell, wake, proposal, hull_prev, hull, offsets, nnb, n
                 continue
             events = np.uint64(0)  # bit j: live site x0 + j has an event (a due DYING cell is cleared)
             for ju in range(np.uint64(x1 - x0)):
-                if wake_row[ux0 + ju] == step32 and cell_row[ux0 + ju] == LIVE:
-                    events |= one << ju
+                if wake_row[ux0 + ju] == step32:
+                    g = (x0 + np.int64(ju)) // _GROUP
+                    hull[r, 2 + (g >> 6)] |= np.int64(1) << np.int64(g & 63)  # marked for the resolve pass
+                    if cell_row[ux0 + ju] == LIVE:
+                        events |= one << ju
             while events != 0:  # the events in increasing x, one bit each
                 j = np.int64(trailing_zeros(events))
                 events &= events - one
@@ -616,8 +637,8 @@ def _propose_pass(lat, geom, hull_prev, hull, step, key_event, key_wait, key_cle
 
 @njit(cache=True)
 def full_hulls(n_rows, nx):
-    """Row hulls (see :func:`tumour_propose`) that claim every site: a safe start."""
-    hull = np.empty((n_rows, 2), np.int64)
+    """Row hulls (see :func:`tumour_propose`) that claim and mark every site: a safe start."""
+    hull = np.full((n_rows, hull_width(nx)), -1, np.int64)
     hull[:, 0] = 0
     hull[:, 1] = nx
     return hull
@@ -655,28 +676,25 @@ def tumour_propose(lat, geom, step, keys, thr_death_share, event_log_q, clear_lo
     of every row), which :func:`tumour_resolve` may take.
     """
     n_rows = geom.nz * geom.ny
-    hull = np.empty((n_rows, 2), np.int64)
+    hull = np.empty((n_rows, hull_width(geom.nx)), np.int64)
     _propose_pass(lat, geom, full_hulls(n_rows, geom.nx), hull, step, keys[0], keys[1], keys[2],
                   thr_death_share, event_log_q, clear_log_q, parallel)
     return hull
 
 
 @njit(cache=True, inline="always")
-def _resolve_rows(r0, r1, cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, flags, dying, offsets, nnb,
+def _resolve_rows(r0, r1, cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, dying, offsets, nnb,
                   nx, ny, z0, py, px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
                   event_log_q):
-    """Resolve the rows ``r0 .. r1 - 1`` within their hulls.
+    """Resolve the rows ``r0 .. r1 - 1`` within their hulls, in the groups of sites the marks name.
 
-    A vectorised sweep writes a flag byte per site: 1 dying and due to be
-    cleared at ``step``, 2 proposing. The flagged sites are then visited in
-    increasing x, eight flags at a time (``flags`` holds at least ``nx + 8``
-    bytes, a multiple of 8): proposals are resolved on the spot (the
-    daughter draws its first event step), and the due dying cells listed in
-    ``dying`` and cleared afterwards. Clearing a dying cell and resolving a
-    proposal touch different sites (targets were EMPTY), so the order between
-    the two does not matter.
+    The sites of the marked groups are visited in increasing x: proposals
+    are resolved on the spot (the daughter draws its first event step), and
+    the due dying cells listed in ``dying`` (int64[nx]) and cleared
+    afterwards. Clearing a dying cell and resolving a proposal touch
+    different sites (targets were EMPTY), so the order between the two does
+    not matter.
     """
-    words = flags.view(np.uint64)
     step32 = np.int32(step)
     for r in range(r0, r1):
         lo = hull[r, 0]
@@ -687,55 +705,47 @@ def _resolve_rows(r0, r1, cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull
         cell_row = cell[base:base + nx]
         wake_row = wake[base:base + nx]
         prop_row = proposal[base:base + nx]
-        w0 = lo >> 3
-        w1 = (hi + 7) >> 3
-        words[w0] = 0
-        words[w1 - 1] = 0
-        for xu in range(np.uint64(lo), np.uint64(hi)):  # vectorised (unsigned: see _propose_rows)
-            flags[xu] = (np.uint8(cell_row[xu] == DYING) & np.uint8(wake_row[xu] == step32)) | (
-                np.uint8(prop_row[xu] != 0) << np.uint8(1))
         n_dying = 0
-        for wi in range(w0, w1):
-            w = words[wi]
-            while w != 0:
-                tz = np.int64(trailing_zeros(w))  # first flagged site left: one bit per flagged site
-                w &= w - np.uint64(1)
-                x = 8 * wi + (tz >> 3)
-                if tz & 7 == 0:  # dying, and cleared now
-                    dying[n_dying] = x
-                    n_dying += 1
-                    continue
-                s = base + x
-                d = proposal[s]
-                t = s + offsets[d]
-                n_prop = 0
-                rank = 0
-                for k in range(1, nnb + 1):
-                    n = t + offsets[k]
-                    dn = proposal[n]
-                    if dn != 0 and n + offsets[dn] == t:
-                        if n == s:
-                            rank = n_prop
-                        n_prop += 1
-                if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
-                    continue
-                cell[t] = LIVE
-                wake[t] = wake_at(step, draw(key_wait, t), event_log_q)
-                a = 4 * t
-                ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
-                mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
-                fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
-                if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
-                    mhc_lost[t] = 1
-                else:
-                    mhc_lost[t] = 0
+        for m in range(2, hull.shape[1]):
+            marks = np.uint64(hull[r, m])
+            while marks != 0:
+                g = (m - 2) * 64 + np.int64(trailing_zeros(marks))
+                marks &= marks - np.uint64(1)
+                for x in range(max(g * _GROUP, lo), min(g * _GROUP + _GROUP, hi)):
+                    ux = np.uint64(x)
+                    if cell_row[ux] == DYING:
+                        if wake_row[ux] == step32:  # cleared now
+                            dying[n_dying] = x
+                            n_dying += 1
+                        continue
+                    if prop_row[ux] == 0:
+                        continue
+                    s = base + x
+                    d = proposal[s]
+                    t = s + offsets[d]
+                    n_prop = 0
+                    rank = 0
+                    for k in range(1, nnb + 1):
+                        n = t + offsets[k]
+                        dn = proposal[n]
+                        if dn != 0 and n + offsets[dn] == t:
+                            if n == s:
+                                rank = n_prop
+                            n_prop += 1
+                    if n_prop > 1 and pick(draw(key_winner, t), n_prop) != rank:
+                        continue
+                    cell[t] = LIVE
+                    wake[t] = wake_at(step, draw(key_wait, t), event_log_q)
+                    a = 4 * t
+                    ligand[t] = _to_level(ligand[s] / 255.0 + inherit_sd * normal(key_inherit, a))
+                    mhc[t] = _to_level(mhc[s] / 255.0 + inherit_sd * normal(key_inherit, a + 1))
+                    fas[t] = _to_level(fas[s] / 255.0 + inherit_sd * normal(key_inherit, a + 2))
+                    if mhc_lost[s] == 1 or hit(draw(key_inherit, 8 * t + 7), thr_mhc_loss):
+                        mhc_lost[t] = 1
+                    else:
+                        mhc_lost[t] = 0
         for j in range(n_dying):
             cell_row[dying[j]] = EMPTY
-
-
-@njit(cache=True, inline="always")
-def _flag_buffer(nx):
-    return np.empty(((nx + 15) // 8) * 8, np.uint8)
 
 
 @njit(cache=True, parallel=True)
@@ -743,18 +753,17 @@ def _resolve_parallel(cell, wake, proposal, ligand, mhc, fas, mhc_lost, hull, of
                       px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd, event_log_q):
     n_rows = nz * ny
     for b in prange((n_rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        flags = _flag_buffer(nx)
         dying = np.empty(nx, np.int64)
         _resolve_rows(b * ROW_BLOCK, min((b + 1) * ROW_BLOCK, n_rows), cell, wake, proposal, ligand, mhc, fas,
-                      mhc_lost, hull, flags, dying, offsets, nnb, nx, ny, z0, py, px, step, key_winner, key_inherit,
+                      mhc_lost, hull, dying, offsets, nnb, nx, ny, z0, py, px, step, key_winner, key_inherit,
                       key_wait, thr_mhc_loss, inherit_sd, event_log_q)
 
 
 @njit(cache=True)
 def _resolve_pass(lat, geom, hull, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
-                  event_log_q, parallel, flags, dying):
-    """The resolve pass; ``flags`` (:func:`_flag_buffer`) and ``dying`` (int64[nx]) are the serial
-    pass's scratch, allocated once by the caller (the parallel pass has its own per row block)."""
+                  event_log_q, parallel, dying):
+    """The resolve pass; ``dying`` (int64[nx]) is the serial pass's scratch, allocated once by the
+    caller (the parallel pass has its own per row block)."""
     if parallel:
         _resolve_parallel(lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas, lat.mhc_lost, hull,
                           geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.nz, geom.z0, geom.py,
@@ -762,7 +771,7 @@ def _resolve_pass(lat, geom, hull, step, key_winner, key_inherit, key_wait, thr_
                           event_log_q)
     else:
         _resolve_rows(0, geom.nz * geom.ny, lat.cell, lat.wake, lat.proposal, lat.ligand, lat.mhc, lat.fas,
-                      lat.mhc_lost, hull, flags, dying,
+                      lat.mhc_lost, hull, dying,
                       geom.offsets, geom.n_neighbours, geom.nx, geom.ny, geom.z0,
                       geom.py, geom.px, step, key_winner, key_inherit, key_wait, thr_mhc_loss, inherit_sd,
                       event_log_q)
@@ -778,7 +787,7 @@ def tumour_resolve(lat, geom, step, keys, thr_mhc_loss, inherit_sd, event_log_q,
     ``keys``: :func:`tumour_keys`.
     """
     _resolve_pass(lat, geom, full_hulls(geom.nz * geom.ny, geom.nx), step, keys[3], keys[4], keys[1],
-                  thr_mhc_loss, inherit_sd, event_log_q, parallel, _flag_buffer(geom.nx), np.empty(geom.nx, np.int64))
+                  thr_mhc_loss, inherit_sd, event_log_q, parallel, np.empty(geom.nx, np.int64))
 
 
 # ---------------------------------------------------------------- effectors
@@ -1985,12 +1994,11 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
     field_parallel = geom.cz * geom.cy * geom.cx >= parallel_min
     n_classes = 27 if geom.dims == 3 else 9
     effector_min = max((parallel_min // EFFECTOR_MIN_DIVISOR) * n_classes * n_threads, 1)
-    hulls = np.empty((2, geom.nz * geom.ny, 2), np.int64)  # row hulls of two steps, in turn
-    hulls[0, :, 0] = 0  # the lattice may have been changed since the last call: claim every site
-    hulls[0, :, 1] = geom.nx
+    hulls = np.empty((2, geom.nz * geom.ny, hull_width(geom.nx)), np.int64)  # row hulls of two steps, in turn
+    hulls[0] = full_hulls(geom.nz * geom.ny, geom.nx)  # the lattice may have changed since the last call
     work = effector_work(geom, prm, n_threads)  # (the effectors are sorted afresh too)
     keys = np.empty(5, np.uint64)  # the step's tumour keys, and the serial resolve pass's scratch
-    flags, dying = _flag_buffer(geom.nx), np.empty(geom.nx, np.int64)
+    dying = np.empty(geom.nx, np.int64)
     if not prm.well_mixed:  # (well mixed: the shuffle goes through the effectors in arrival order)
         _store_by_site(eff, counters, _order_buffers(eff)[1], geom)
     uid_stored = counters[C_NEXT_UID]  # effectors of uid >= this arrived after the last store by site
@@ -2021,7 +2029,7 @@ def run_steps(lat, eff, ifn, ifn_tmp, counters, kills, arrivals, geom, prm, seed
                       prm.event_log_q, prm.clear_log_q, lattice_parallel)
         t2 = cycle_counter()
         _resolve_pass(lat, geom, hull, step, keys[3], keys[4], keys[1], prm.thr_mhc_loss, prm.inherit_sd,
-                      prm.event_log_q, lattice_parallel, flags, dying)
+                      prm.event_log_q, lattice_parallel, dying)
         t3 = cycle_counter()
         n_dead += effector_substeps(lat, eff, counters, kills, geom, prm, ifn, seed, patient, step,
                                     work, n_strips)
