@@ -373,8 +373,6 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
     """
     from tqdm.auto import tqdm
 
-    from cikabm.survival import save_km_figures, trial_summary
-
     seed = ts.scenario.seed if seed is None else int(seed)
     n_patients = ts.trial.patients if patients is None else int(patients)
     out = Path(out)
@@ -428,6 +426,9 @@ def run_trial(ts: TrialScenario, out: Path, *, patients: int | None = None, seed
             ran_on = _run_here(ts, seed, chunks, todo, chunk_dir, manifest, bar, switch=workers is None,
                                threads=threads)
     clock = _lap(seconds, "simulation", clock)
+
+    # (imported only now: lifelines and SciPy take a second, which the compile notice need not wait for)
+    from cikabm.survival import save_km_figures, trial_summary
 
     frames = [pd.read_parquet(_chunk_path(chunk_dir, i)) for i in range(len(chunks))]
     patients_df = order_patients(pd.concat(frames, ignore_index=True), [a.name for a in ts.arms])

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import benchmark_script
 
 from cikabm import bench
 from cikabm.bench import suite
@@ -358,9 +359,7 @@ def test_run_suite_script_rewrites_the_readme_block(quick_run: dict[str, Any], t
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nbefore\n\n<!-- bench-results:begin -->\nold\n"
                       "<!-- bench-results:end -->\n\nafter\n")
-    spec = importlib.util.spec_from_file_location("run_suite", ROOT / "benchmarks" / "run_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("run_suite")
     with contextlib.redirect_stdout(io.StringIO()):
         assert module.main(["--report-only", "--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
@@ -408,9 +407,7 @@ def test_full_suite_pools_repeats_taken_in_rounds():
 
 def test_rng_floor_script_writes_both_timings(tmp_path: Path):
     """benchmarks/rng_floor.py: the draws alone and the whole propose pass, on the same visited sites."""
-    spec = importlib.util.spec_from_file_location("rng_floor", ROOT / "benchmarks" / "rng_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("rng_floor")
     out = tmp_path / "rng_floor.json"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert module.main(["--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
@@ -423,13 +420,6 @@ def test_rng_floor_script_writes_both_timings(tmp_path: Path):
     assert "ns per visited site" in printed.getvalue()
 
 
-def _effector_floor_module():
-    spec = importlib.util.spec_from_file_location("effector_floor", ROOT / "benchmarks" / "effector_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_effector_floor_walk_moves_effectors_as_the_kernel_does():
     """The floor's walk is the rules' walk: effectors far apart, no tumour and no deaths, one step of the
     kernel's effector pass and of the floor's walk leave every position and heading the same."""
@@ -438,7 +428,7 @@ def test_effector_floor_walk_moves_effectors_as_the_kernel_does():
     from cikabm.scenario import scenario_from_dict
     from cikabm.simulation import Simulation
 
-    walk = _effector_floor_module().walk
+    walk = benchmark_script("effector_floor").walk
     sim = Simulation(scenario_from_dict(bench.bench_scenario((64, 64))), threads=1)
     geom = sim.disc.geometry
     prm = sim.disc.params._replace(thr_eff_death=np.zeros_like(sim.disc.params.thr_eff_death))
@@ -467,7 +457,7 @@ def test_effector_floor_script_writes_the_floors_and_the_step(tmp_path: Path):
     """benchmarks/effector_floor.py: both floors and the whole pass per effector sub-step, the step split."""
     out = tmp_path / "effector_floor.json"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert _effector_floor_module().main(["--configs", "2d_64", "--rounds", "1", "--steps", "2",
+        assert benchmark_script("effector_floor").main(["--configs", "2d_64", "--rounds", "1", "--steps", "2",
                                               "--out", str(out)]) == 0
     result = json.loads(out.read_text())["configs"]["2d_64"]
     assert result["effectors"] > 0
