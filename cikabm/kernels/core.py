@@ -672,8 +672,9 @@ def tumour_propose(lat, geom, step, keys, thr_death_share, event_log_q, clear_lo
     the index of the one its draw picks. Rows are independent: a row writes
     only its own sites, and reads of neighbour emptiness cannot change in this
     phase (deaths turn LIVE into DYING, never into EMPTY). ``keys``:
-    :func:`tumour_keys`. Returns the row hulls (first and last + 1 occupied x
-    of every row), which :func:`tumour_resolve` may take.
+    :func:`tumour_keys`. Returns the row hull records (first and last + 1
+    occupied x of every row, then the marks of its groups of sites with a cell
+    due: see the tumour notes).
     """
     n_rows = geom.nz * geom.ny
     hull = np.empty((n_rows, hull_width(geom.nx)), np.int64)
