@@ -548,7 +548,7 @@ def _propose_rows(r0, r1, cell, wake, proposal, hull_prev, hull, offsets, nnb, n
         cell_row = cell[base:base + nx]
         wake_row = wake[base:base + nx]
         prop_row = proposal[base:base + nx]
-        prop_row[max(hull_prev[r, 0], 0):max(hull_prev[r, 1], 0)] = 0  # (see the tumour notes)
+        prop_row[hull_prev[r, 0]:hull_prev[r, 1]] = 0  # (see the tumour notes)
         for w in range(2, hull.shape[1]):
             hull[r, w] = 0
         # Sites that may be occupied: the neighbour rows' hulls grown by one.
