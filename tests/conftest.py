@@ -63,6 +63,37 @@ STILL = {"speed_um_per_min": 0.0}
 merge = merge_tables
 
 
+# Lines a test module leaves for the end of the run: pytest's terminal summary prints them, also when the
+# module ran in a pytest-xdist worker process (whose own summary nobody sees: the lines travel to the
+# controller in the worker's output).
+_SUMMARY = pytest.StashKey[dict[str, list[str]]]()
+_SUMMARY_FROM_WORKER = "cikabm_summary"
+
+
+def leave_summary(config: pytest.Config, title: str, lines: list[str]) -> None:
+    """Print ``lines`` under ``title`` in the terminal summary at the end of the run."""
+    sections = config.stash.setdefault(_SUMMARY, {})
+    sections[title] = list(lines)
+    worker_output = getattr(config, "workeroutput", None)  # set in a pytest-xdist worker
+    if worker_output is not None:
+        worker_output[_SUMMARY_FROM_WORKER] = sections
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: a worker finished; keep the summary lines it left."""
+    sections = getattr(node, "workeroutput", {}).get(_SUMMARY_FROM_WORKER)
+    if sections:
+        node.config.stash.setdefault(_SUMMARY, {}).update(sections)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for title, lines in config.stash.get(_SUMMARY, {}).items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def benchmark_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` loaded as a module (the scripts are not a package)."""
     import importlib.util

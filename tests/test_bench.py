@@ -242,6 +242,15 @@ def test_simulation_time_by_pass():
     assert (sim.pass_ticks >= before).all() and sim.pass_ticks.sum() > before.sum()
 
 
+@pytest.fixture
+def without_busy_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cikabm bench`` without its busy-machine case (four more workers), for tests about something else:
+    the shared quick run covers that case."""
+    real = bench.run_suite
+    monkeypatch.setattr(bench, "run_suite", lambda *args, **kwargs: real(*args, **kwargs, busy=False))
+
+
+@pytest.mark.usefixtures("without_busy_case")
 def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(suite, "mesa_available", lambda: False)
     out = tmp_path / "run"
@@ -256,6 +265,7 @@ def test_without_mesa_the_comparison_is_skipped_and_said_so(tmp_path: Path, monk
 
 
 @pytest.mark.skipif(not HAVE_MESA, reason="Mesa (extra 'teach') is not installed")
+@pytest.mark.usefixtures("without_busy_case")
 def test_a_failing_mesa_comparison_keeps_the_kernel_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     real = suite._run_worker
 

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import leave_summary
 from fuzz_worker import FuzzTimeout, FuzzWorker, toml_text
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
@@ -154,26 +155,15 @@ class Figures:
 FIGURES = Figures()
 
 
-class _Report:
-    """A plugin object printing the figures in pytest's terminal summary (visible without ``-s``)."""
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        terminalreporter.section("scenario fuzzer")
-        for line in FIGURES.lines():
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module")
 def worker(request: pytest.FixtureRequest):
-    plugin = _Report()
-    if not request.config.pluginmanager.is_registered(plugin):
-        request.config.pluginmanager.register(plugin, "cikabm-scenario-fuzzer-report")
     w = FuzzWorker(WARM_UP_TIMEOUT_S)
     FIGURES.warm_up_s = w.starts[0]["warm_up_s"]
     FIGURES.signatures = (w.baseline_signatures, w.baseline_signatures)
     yield w
     FIGURES.restarts = w.restarts
     w.close()
+    leave_summary(request.config, "scenario fuzzer", FIGURES.lines())
 
 
 @pytest.fixture(scope="module")
