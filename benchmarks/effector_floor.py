@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from machine import write_report
 from numba import njit
 
 from cikabm.bench import CONFIGS, bench_scenario, machine_info
-from cikabm.io import atomic_write_json
 from cikabm.kernels import core
 from cikabm.scenario import scenario_from_dict
 from cikabm.simulation import Simulation
@@ -210,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; with the effector pass at the walk-and-contact floor {floor:.1f} µs "
                  f"({step['share_with_effectors_at_floor']:.2f} of it)" if floor else ""))
     report["machine"] = machine_info()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, report)
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

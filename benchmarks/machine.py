@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from cikabm.bench import cpu_model
 from cikabm.bench import machine_info as _machine_info
+from cikabm.io import atomic_write_json
 
 __all__ = ["cpu_model", "machine_info", "write_report"]
 
@@ -30,9 +29,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """Write a benchmark's JSON report atomically (a temporary file, then a rename)."""
+    """Write a benchmark's JSON report atomically (:func:`cikabm.io.atomic_write_json`), its folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, report)
     print(f"wrote {path}")

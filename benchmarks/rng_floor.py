@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from machine import write_report
 from numba import njit
 
 from cikabm.bench import bench_scenario, machine_info
-from cikabm.io import atomic_write_json
 from cikabm.kernels import core
 from cikabm.scenario import scenario_from_dict
 from cikabm.simulation import Simulation
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ns_per_visited_site": 1e9 * seconds / args.steps / visited}
         print(f"{name:>13}: {1e6 * seconds / args.steps:7.1f} µs per step, "
               f"{1e9 * seconds / args.steps / visited:5.2f} ns per visited site ({visited:,} sites, {live:,} live)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
     return 0
 
 

@@ -95,10 +95,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def benchmark_script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` loaded as a module (the scripts are not a package)."""
+    """``benchmarks/<name>.py`` loaded as a module (the scripts are not a package); their folder goes on
+    the import path, as when they run, for their shared ``machine`` module."""
     import importlib.util
+    import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
